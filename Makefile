@@ -1,0 +1,41 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv,
+# install the system packages the project needs, then the project itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench lint system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# prometheus and promtool are needed by the tests that check alert rules and scraping.
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1; then \
+		echo "installing Debian's prometheus package (promtool, prometheus)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/orchestrator -m manifests validate
+	$(BIN)/orchestrator -m manifests graph
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -x tests/unit
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check orchestrator tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .orchestrator build *.egg-info

@@ -16,7 +16,7 @@ default applies). One exception keeps templates useful: a layer that sets
 use; fields it sets itself are still checked.
 
 Templating: every string may use Jinja with `name`, `vars` (the agent's merged
-vars, themselves templated first), `agent` (the merged fields as written),
+vars, templated first; a var may refer to other vars as they are written), `agent` (the merged fields as written),
 `python` (the interpreter running orchestrator), `project_dir`,
 `manifests_dir`, `state_dir` and `env(NAME[, DEFAULT])` for environment
 variables. An undefined name is an error, never an empty string.
@@ -309,6 +309,8 @@ class _Loader:
         context["agent"] = node.plain()
         variables = node.get("vars")
         if variables is not None:
+            # vars may use one another as written (not rendered): {{ vars.ports[name] }}
+            context["vars"] = variables.plain() if isinstance(variables.value, dict) else {}
             variables = self.render(variables, "vars", context)
             node = Node({**node.value, "vars": variables}, node.loc, node.key_loc)
             context["vars"] = variables.plain() if isinstance(variables.value, dict) else {}

@@ -1,0 +1,201 @@
+"""Rendering a manifest set to supervisord configuration, and checking it with supervisord's own parser.
+
+Owned here: the one Jinja environment (StrictUndefined; every user value
+passes a named filter from `svconf`), the file layout of a rendered
+configuration (`supervisord.conf` plus `programs/NAME.conf`, one file per
+agent, so a change to one agent changes one file), and `check`, which feeds
+a rendering to `supervisor.options.ServerOptions` exactly as supervisord
+would read it. Output is byte-stable: the same manifests give the same bytes.
+
+Called by `cli` (render, validate) and, later, by apply.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jinja2
+
+from orchestrator import svconf
+from orchestrator.errors import Diagnostic, Location, RenderError
+from orchestrator.model import Agent, ManifestSet
+
+MAIN_CONFIG = "supervisord.conf"
+PROGRAMS_DIR = "programs"
+LOGS_DIR = "logs"
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def template_dir() -> Path:
+    """The templates shipped with orchestrator (the repository's templates/ directory)."""
+    try:
+        packaged = resources.files("orchestrator.templates")
+        if packaged.joinpath("program.conf.j2").is_file():
+            return Path(str(packaged))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - not installed as a package
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def _sv_value(value: object) -> str:
+    text = str(value)
+    problem = svconf.value_problem(text)
+    if problem:
+        raise RenderError(f"cannot write {text!r} into supervisord configuration: it {problem}")
+    return svconf.escape_percent(text)
+
+
+def _sv_command(argv: Iterable[str]) -> str:
+    argv = list(argv)
+    for arg in argv:
+        if svconf.value_problem(arg) and re.search(r"[\n\r\x00]", arg):
+            raise RenderError(f"cannot write command argument {arg!r}: it contains a line break")
+    return svconf.quote_command(argv)
+
+
+def _sv_environment(env: Mapping[str, str]) -> str:
+    for key, value in env.items():
+        problem = svconf.env_value_problem(value)
+        if problem:
+            raise RenderError(f"cannot write environment variable {key}: its value {problem}")
+    return svconf.quote_environment(env)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """supervisord takes whole seconds; round up, so a wait is never shorter than asked."""
+    return int(math.ceil(seconds))
+
+
+def environment(directory: Path | None = None) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory or template_dir())),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(sv_value=_sv_value, sv_command=_sv_command, sv_environment=_sv_environment,
+                       whole_seconds=_whole_seconds)
+    return env
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """A rendered configuration: relative path -> file content, for one state directory."""
+
+    files: Mapping[str, str]
+    state_dir: str
+
+    @property
+    def main(self) -> str:
+        return self.files[MAIN_CONFIG]
+
+    def program(self, name: str) -> str:
+        return self.files[f"{PROGRAMS_DIR}/{name}.conf"]
+
+    def write(self, out_dir: str) -> list[str]:
+        """Write every file below `out_dir` (each atomically: temp file, then rename); the paths written."""
+        written = []
+        for rel, text in sorted(self.files.items()):
+            path = os.path.join(out_dir, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+            written.append(path)
+        return written
+
+
+def socket_path(manifests: ManifestSet, state_dir: str | None = None) -> str:
+    return os.path.join(state_dir or manifests.state_dir, manifests.settings.supervisord.socket)
+
+
+def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: Path | None = None) -> Rendering:
+    """The supervisord configuration for `manifests`, with paths inside `state_dir` (default: the set's own)."""
+    state = state_dir or manifests.state_dir
+    env = environment(templates)
+    project_dir = os.path.dirname(manifests.manifests_dir)
+    common: dict[str, Any] = {"settings": manifests.settings, "state_dir": state,
+                              "manifests_dir": manifests.manifests_dir}
+    files = {MAIN_CONFIG: _render(env, "supervisord.conf.j2", common, None,
+                                  socket=socket_path(manifests, state))}
+    for agent in manifests.agents:
+        directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
+        source = os.path.relpath(agent.source.file, manifests.manifests_dir) if agent.source.file else agent.name
+        files[f"{PROGRAMS_DIR}/{agent.name}.conf"] = _render(
+            env, "program.conf.j2", common, agent, directory=directory, source=source,
+            log_base=os.path.join(state, LOGS_DIR, agent.name),
+            # supervisord fills in each replica's number; written raw, not escaped
+            replica_suffix="-%(process_num)d" if agent.replicas > 1 else "",
+        )
+    return Rendering(files=files, state_dir=state)
+
+
+def _render(env: jinja2.Environment, name: str, common: Mapping[str, Any], agent: Agent | None, **extra: Any) -> str:
+    try:
+        return env.get_template(name).render(**common, **extra, agent=agent)
+    except RenderError as exc:
+        where = f"agent {agent.name}: " if agent else ""
+        raise RenderError(f"{where}{exc}") from exc
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {name}: {exc}") from exc
+
+
+_SECTION = re.compile(r"section '?\[?program:([a-z0-9_-]+)")
+_FILE_NOTE = re.compile(r"\s*\(file: '[^']*'\)")
+
+
+def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diagnostic]:
+    """Problems supervisord would have with this manifest set's configuration, as diagnostics.
+
+    The configuration is rendered into a scratch state directory and parsed by
+    supervisord's own `ServerOptions`, exactly as `supervisord -c` would read it.
+    """
+    from supervisor.options import ServerOptions  # imported here: it is heavy and only the check needs it
+
+    settings_loc = Location(os.path.join(manifests.manifests_dir, "orchestrator.yaml"))
+    found: list[Diagnostic] = []
+    sock = socket_path(manifests)
+    if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
+        found.append(Diagnostic(settings_loc, "supervisord.socket",
+                                f"the socket path {sock} is {len(os.fsencode(sock))} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows "
+                                "(expected a shorter state directory or socket name)"))
+    try:
+        render(manifests, templates=templates)
+    except RenderError as exc:
+        found.append(Diagnostic(settings_loc, "", str(exc)))
+        return found
+    with tempfile.TemporaryDirectory(prefix="orchestrator-check-") as scratch:
+        rendering = render(manifests, state_dir=scratch, templates=templates)
+        rendering.write(scratch)
+        os.makedirs(os.path.join(scratch, LOGS_DIR), exist_ok=True)
+        options = ServerOptions()
+        options.configfile = os.path.join(scratch, MAIN_CONFIG)
+        try:
+            options.process_config(do_usage=False)
+        except ValueError as exc:
+            message = _FILE_NOTE.sub("", str(exc)).replace(scratch, manifests.state_dir)
+            match = _SECTION.search(message)
+            where = settings_loc
+            if match:
+                try:
+                    where = manifests.agent(match.group(1)).source
+                except KeyError:
+                    pass
+            found.append(Diagnostic(where, "", f"supervisord rejects the rendered configuration: {message}"))
+    return found

@@ -203,6 +203,11 @@ def json_schema(kind: str = "agent") -> dict[str, Any]:
     """The JSON Schema (draft-07) of one kind of manifest file."""
     record: Spec = KINDS[kind]
     schema = record.json_schema()
+    if kind == "agent":
+        # An agent may inherit its command through `extends`: only one without it must say it.
+        schema["required"] = [k for k in schema["required"] if k != "command"]
+        schema["if"] = {"not": {"required": ["extends"]}}
+        schema["then"] = {"required": ["command"]}
     return {"$schema": "http://json-schema.org/draft-07/schema#",
             "$id": f"https://orchestrator.invalid/schema/{kind}.json",
             "title": f"orchestrator {kind} manifest", **schema}

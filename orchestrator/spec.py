@@ -52,6 +52,7 @@ def check_node(spec: "Spec", node: Node, path: str, checker: "Checker") -> Any:
 # typed value goes, because its type is only known once it is rendered.
 TEMPLATE_PATTERN = r"\{\{.*\}\}|\{%.*%\}"
 _TEMPLATE_SCHEMA = {"type": "string", "pattern": TEMPLATE_PATTERN}
+_NULL_SCHEMA = {"type": "null"}
 
 
 class Checker:
@@ -407,7 +408,7 @@ class MapOf(Spec):
         return MappingProxyType(dict(sorted(out.items()))) if ok else INVALID
 
     def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "object", "additionalProperties": self.value.json_schema()}
+        schema: dict[str, Any] = {"type": "object", "additionalProperties": {"anyOf": [self.value.json_schema(), _NULL_SCHEMA]}}
         if self.key_pattern is not None:
             schema["propertyNames"] = {"pattern": f"^(?:{self.key_pattern})$"}
         return schema
@@ -473,7 +474,9 @@ class Record(Spec):
     def json_schema(self) -> dict[str, Any]:
         properties: dict[str, Any] = {}
         for key, spec in self.fields.items():
-            schema = dict(spec.spec.json_schema())
+            schema = spec.spec.json_schema()
+            if not spec.required:  # null removes an inherited value (see manifest's merge rule)
+                schema = {"anyOf": [schema, _NULL_SCHEMA]}
             schema["description"] = spec.doc
             if spec.default is not MISSING and isinstance(spec.default, (str, int, float, bool)):
                 schema["default"] = spec.default

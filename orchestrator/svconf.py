@@ -8,6 +8,8 @@ manifest error with a location, never a surprise at reload. Standard library onl
 What supervisord does to a value (supervisor 4, `options.py` / `datatypes.py`):
 - its ini parser cuts a value at `;` or `#` preceded by whitespace (inline
   comments), and a newline ends the value;
+- it replaces the text `%(here)s` in every value of an included file with
+  that file's directory, before anything else and even after a `%`;
 - `command`, `environment`, `directory` and log paths are `%`-expanded
   (`%(here)s`...), so a literal `%` must be written `%%`;
 - `command` is split with `shlex.split` (POSIX rules);
@@ -22,6 +24,7 @@ import shlex
 from typing import Iterable, Mapping
 
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+HERE = "%(here)s"
 _LINE_BREAK = re.compile(r"[\n\r\x00]")
 
 
@@ -36,6 +39,8 @@ def value_problem(value: str) -> str | None:
         return "contains a line break or NUL character"
     if _INLINE_COMMENT.search(value):
         return "contains whitespace followed by ';' or '#', which supervisord reads as the start of a comment"
+    if HERE in value:
+        return f"contains '{HERE}', which supervisord replaces with a directory"
     return None
 
 
@@ -45,13 +50,16 @@ def quote_command(argv: Iterable[str]) -> str:
     Each argument is quoted for a POSIX shell; a `;` or `#` inside quotes is
     moved outside them (`'a ;b'` becomes `'a ';'b'`, the same word to shlex) so
     that no whitespace precedes it and the ini parser does not take it for a
-    comment. Then `%` is doubled.
+    comment. A `%(` is split by an empty quote pair (`%''(`), so supervisord's
+    `%(here)s` replacement cannot match. Then `%` is doubled.
     """
     words = []
     for arg in argv:
         word = shlex.quote(arg)
         if ";" in arg or "#" in arg:
             word = word.replace(";", "';'").replace("#", "'#'")
+        if "%(" in arg:  # `(` forces quoting, so the word is quoted and '' joins its halves
+            word = word.replace("%(", "%''(")
         words.append(word)
     return escape_percent(" ".join(words))
 

@@ -1,0 +1,104 @@
+"""The rendered supervisord configuration: pinned by golden files, accepted by supervisord's own parser.
+
+Golden files live in tests/golden/NAME/. After an intended change to the
+templates, regenerate them with
+    ORCHESTRATOR_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_render.py
+and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from supervisor.options import ServerOptions
+
+from orchestrator import render
+from orchestrator.manifest import LoadOptions, load
+from tests.conftest import DEFAULT_MANIFESTS, FIXTURES, REPO
+
+GOLDEN = REPO / "tests" / "golden"
+STATE = "/var/lib/orchestrator"
+SETS = {
+    "default": (DEFAULT_MANIFESTS, None),
+    "rich": (FIXTURES / "valid" / "rich", None),
+    "rich-staging": (FIXTURES / "valid" / "rich", "staging"),
+}
+
+
+def _load(name: str, state_dir: str = STATE):
+    path, env = SETS[name]
+    return load(LoadOptions(str(path), env=env, state_dir=state_dir, environ={"PATH": os.environ["PATH"]}))
+
+
+def _normalized(text: str, manifests: Path) -> str:
+    """Machine-specific paths replaced by placeholders, so the golden files hold on any machine."""
+    return text.replace(sys.executable, "@PYTHON@").replace(str(manifests.parent), "@PROJECT@")
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_rendered_configuration_matches_the_golden_files(name):
+    rendering = render.render(_load(name))
+    golden = GOLDEN / name
+    actual = {rel: _normalized(text, SETS[name][0]) for rel, text in rendering.files.items()}
+    if os.environ.get("ORCHESTRATOR_UPDATE_GOLDEN"):
+        for rel, text in actual.items():
+            (golden / rel).parent.mkdir(parents=True, exist_ok=True)
+            (golden / rel).write_text(text)
+    expected = {str(p.relative_to(golden)): p.read_text() for p in golden.rglob("*.conf")}
+    assert sorted(actual) == sorted(expected), "files differ; see the module docstring to regenerate"
+    for rel in actual:
+        assert actual[rel] == expected[rel], f"{name}/{rel} differs from its golden file"
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_rendering_is_byte_stable(name):
+    assert render.render(_load(name)).files == render.render(_load(name)).files
+
+
+@pytest.mark.parametrize("name", sorted(SETS))
+def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_path):
+    manifests = _load(name, state_dir=str(tmp_path))
+    rendering = render.render(manifests)
+    rendering.write(str(tmp_path))
+    (tmp_path / "logs").mkdir()
+    options = ServerOptions()
+    options.configfile = str(tmp_path / "supervisord.conf")
+    options.process_config(do_usage=False)
+    groups = {g.name: g for g in options.process_group_configs}
+    assert sorted(groups) == sorted(manifests.names)  # each agent is its own group
+    for agent in manifests.agents:
+        processes = groups[agent.name].process_configs
+        assert len(processes) == agent.replicas
+        for process in processes:
+            assert tuple(shlex.split(process.command)) == agent.command
+            assert process.environment == dict(agent.env)
+            assert process.stopasgroup and process.killasgroup
+            assert process.autostart is False
+    servers = options.configroot.supervisord.server_configs
+    assert [s["family"] for s in servers] == [socket.AF_UNIX]  # a unix socket only, no inet server
+    assert servers[0]["chmod"] == 0o700
+
+
+def test_the_check_reports_what_supervisord_rejects_at_the_agent(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nsandbox: {user: no-such-user-xyz}\n"})
+    problems = render.check(load(LoadOptions(str(manifests))))
+    assert [(p.location.line, p.location.col) for p in problems] == [(1, 7)]
+    assert "supervisord rejects the rendered configuration: Invalid user name no-such-user-xyz in section 'program:a'" in problems[0].message
+
+
+def test_the_check_rejects_a_socket_path_too_long_for_unix_sockets(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n"})
+    loaded = load(LoadOptions(str(manifests), state_dir="/tmp/" + "d" * 120))
+    assert any("longer than the 107 a unix socket allows" in p.message for p in render.check(loaded))
+
+
+def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):
+    rendering = render.render(_load("default"))
+    written = rendering.write(str(tmp_path / "out"))
+    assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in written) == sorted(rendering.files)
+    assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]

@@ -167,6 +167,7 @@ class Agent:
         return 200, body
 
     def route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
+        """GET /x calls self.get_x(); POST /x calls self.post_x(body). Anything else is 404."""
         if method == "GET" and path == "/health":
             return self.health()
         handler = getattr(self, f"{method.lower()}_{path.strip('/').replace('/', '_')}", None)
@@ -351,7 +352,7 @@ class OrderExecutor(Agent):
         signals = self.call("strategy-engine", "GET", "/signals")
         newest = max((s["id"] for s in signals), default=0)
         if newest < self.handled:  # ids went backwards: the strategy restarted
-            self.log(f"strategy-engine signal ids restarted at {newest}; starting over")
+            self.log(f"strategy-engine signal ids went back to {newest} (restarted); starting over")
             self.handled = 0
         for sig in sorted(signals, key=lambda s: s["id"]):
             if sig["id"] <= self.handled or self.stop.is_set():
@@ -493,8 +494,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return EXIT_BIND
 
-    host, port = server.server_address[:2]
-    agent.log(f"listening on {host}:{port}")
+    agent.log(f"listening on {args.host}:{server.server_port}")
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     worker = threading.Thread(target=agent.work_loop, name="work", daemon=True)
     worker.start()

@@ -65,7 +65,7 @@ class Diagnostic:
     def __str__(self) -> str:
         prefix = "warning: " if self.severity == "warning" else ""
         key = f"{self.key}: " if self.key else ""
-        return f"{self.location}: {prefix}{key}{self.message}"
+        return printable(f"{self.location}: {prefix}{key}{self.message}")
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -76,6 +76,13 @@ class Diagnostic:
             "message": self.message,
             "severity": self.severity,
         }
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped, so one diagnostic is always one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def sorted_diagnostics(items: Iterable[Diagnostic]) -> list[Diagnostic]:

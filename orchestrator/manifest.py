@@ -280,7 +280,8 @@ class _Loader:
     def drop_inherited_restart_fields(node: Node, files: list[str]) -> Node:
         restart = node.get("restart")
         policy = restart.get("policy") if restart is not None else None
-        if restart is None or policy is None or policy.value not in POLICY_FIELDS or not isinstance(restart.value, dict):
+        if restart is None or policy is None or not isinstance(policy.value, str) or policy.value not in POLICY_FIELDS \
+                or not isinstance(restart.value, dict):
             return node
         rank = {file: index for index, file in enumerate(files)}
         allowed = POLICY_FIELDS[policy.value]

@@ -1,0 +1,127 @@
+"""The command line contract: names, exit codes, output a script can read, help that explains."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from orchestrator.cli import cli
+from tests.conftest import DEFAULT_MANIFESTS
+
+
+def run(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_validate_accepts_the_default_trading_set():
+    result = run("-m", str(DEFAULT_MANIFESTS), "validate")
+    assert result.exit_code == 0, result.output
+    assert "valid: 5 agents" in result.stdout and result.stderr == ""
+
+
+def test_validate_finds_the_manifests_through_the_environment_variable():
+    result = run("validate", env={"ORCHESTRATOR_MANIFESTS": str(DEFAULT_MANIFESTS)})
+    assert result.exit_code == 0 and "valid: 5 agents" in result.stdout
+
+
+def test_validate_with_an_environment_overlay_says_which():
+    result = run("-m", str(DEFAULT_MANIFESTS), "--env", "prod", "validate")
+    assert result.exit_code == 0 and "(env prod)" in result.stdout
+
+
+def test_invalid_manifests_exit_1_with_each_error_on_stderr_and_a_count(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nreplicas: 0\ndependson: []\n"})
+    result = run("-m", str(manifests), "validate")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0].endswith("agents/a.yaml:3:11: replicas: got 0 (expected an integer from 1 to 1000)")
+    assert lines[1].endswith("agents/a.yaml:4:1: dependson: unknown key (did you mean 'depends_on'?)")
+    assert lines[2] == "invalid manifests: 2 errors"
+    assert result.stdout == ""
+
+
+def test_validate_json_output_carries_every_diagnostic_for_scripts(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nreplicas: 0\n"})
+    result = run("-m", str(manifests), "validate", "--output", "json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is False
+    assert [(d["line"], d["col"], d["key"], d["severity"]) for d in report["diagnostics"]] == [(3, 11, "replicas", "error")]
+    ok = json.loads(run("-m", str(DEFAULT_MANIFESTS), "validate", "--output", "json").stdout)
+    assert ok["valid"] is True and sorted(ok["agents"]) == ["market-data", "order-executor", "portfolio-tracker", "risk-manager", "strategy-engine"]
+
+
+def test_warnings_are_shown_but_do_not_fail_validation(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nresources: {cpu_affinity: [4096]}\n"})
+    result = run("-m", str(manifests), "validate")
+    assert result.exit_code == 0
+    assert "warning: resources.cpu_affinity[0]: CPU 4096 does not exist on this machine" in result.stderr
+    assert "1 warning" in result.stdout
+
+
+def test_a_missing_manifests_directory_is_a_clear_error_not_a_traceback(tmp_path):
+    result = run("-m", str(tmp_path / "nowhere"), "validate")
+    assert result.exit_code == 1
+    assert "manifests directory not found" in result.stderr and "Traceback" not in result.output
+
+
+def test_render_prints_the_main_config_first_then_one_file_per_agent():
+    result = run("-m", str(DEFAULT_MANIFESTS), "render")
+    assert result.exit_code == 0, result.output
+    headers = [line for line in result.stdout.splitlines() if line.startswith("; ==> ")]
+    assert headers[0] == "; ==> supervisord.conf <=="
+    assert sorted(headers[1:]) == [f"; ==> programs/{n}.conf <==" for n in
+                                   ("market-data", "order-executor", "portfolio-tracker", "risk-manager", "strategy-engine")]
+
+
+def test_render_out_writes_the_same_bytes_every_time(tmp_path):
+    first, second = tmp_path / "one", tmp_path / "two"
+    assert run("-m", str(DEFAULT_MANIFESTS), "render", "--out", str(first)).exit_code == 0
+    assert run("-m", str(DEFAULT_MANIFESTS), "render", "--out", str(second)).exit_code == 0
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert Path("supervisord.conf") in files and len(files) == 6
+    for rel in files:
+        assert (first / rel).read_bytes() == (second / rel).read_bytes()
+
+
+def test_render_refuses_invalid_manifests_and_writes_nothing(manifest_set, tmp_path):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nreplicas: 0\n"})
+    result = run("-m", str(manifests), "render", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt, marker", [("text", "wave 1"), ("dot", "digraph"), ("mermaid", "flowchart"), ("json", '"waves"')])
+def test_graph_prints_every_format(fmt, marker):
+    result = run("-m", str(DEFAULT_MANIFESTS), "graph", "--format", fmt)
+    assert result.exit_code == 0 and marker in result.stdout
+
+
+def test_an_unknown_graph_format_is_a_usage_error():
+    result = run("-m", str(DEFAULT_MANIFESTS), "graph", "--format", "png")
+    assert result.exit_code == 2 and "Invalid value" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "render", "graph", "schema"])
+def test_every_command_explains_itself(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0 and len(result.stdout.split()) > 25
+
+
+def test_the_top_level_help_documents_exit_codes():
+    result = run("--help")
+    assert "Exit codes: 0 success, 1 invalid manifests" in " ".join(result.stdout.split())
+
+
+def test_the_installed_console_script_runs():
+    """The entry point installed by pip is what users type."""
+    import subprocess
+    import sys
+    script = Path(sys.executable).parent / "orchestrator"
+    done = subprocess.run([str(script), "-m", str(DEFAULT_MANIFESTS), "validate"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NO_COLOR": "1"})
+    assert done.returncode == 0, done.stderr

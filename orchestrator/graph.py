@@ -15,7 +15,7 @@ from __future__ import annotations
 import graphlib
 import json
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 from orchestrator.model import ManifestSet
 

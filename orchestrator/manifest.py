@@ -31,7 +31,8 @@ import glob
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, UndefinedError
 from jinja2.exceptions import TemplateError
@@ -40,7 +41,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from orchestrator import model
 from orchestrator.errors import Diagnostic, Location, ManifestError
 from orchestrator.schema import AGENT, ENV_OVERLAY, POLICY_FIELDS, SETTINGS
-from orchestrator.spec import FAILED, INVALID, Checker, describe, suggest
+from orchestrator.spec import FAILED, INVALID, Checker, choices_hint, describe
 from orchestrator.validators import Context, Draft, split_command, validate_agents, validate_settings
 from orchestrator.yamltree import Node, load_file
 
@@ -131,7 +132,7 @@ class _Loader:
         return None
 
     def available(self, directory: str) -> list[str]:
-        names = set()
+        names: set[str] = set()
         for suffix in _SUFFIXES:
             names.update(os.path.basename(p)[: -len(suffix)] for p in glob.glob(os.path.join(self.root, directory, "*" + suffix)))
         return sorted(names)
@@ -140,8 +141,9 @@ class _Loader:
 
     def load(self) -> model.ManifestSet:
         if not os.path.isdir(self.root):
-            raise ManifestError([Diagnostic(Location(self.root), "", "manifests directory not found (expected a directory holding "
-                                            "orchestrator.yaml and agents/*.yaml; choose it with -m/--manifests or $ORCHESTRATOR_MANIFESTS)")])
+            raise ManifestError([Diagnostic(Location(self.root), "", "manifests directory not found (expected a directory "
+                                            "holding orchestrator.yaml and agents/*.yaml; choose it with -m/--manifests "
+                                            "or $ORCHESTRATOR_MANIFESTS)")])
         overlay = self.load_overlay()
         settings_node, settings = self.load_settings(overlay)
         defaults = self.defaults_layer(settings_node)
@@ -156,9 +158,8 @@ class _Loader:
         names = sorted({d.name for d in drafts if d.name})
         for name, node in agent_overlays.items():
             if name not in names:
-                hint = suggest(name, names)
-                valid = f"did you mean '{hint}'?" if hint else f"known agents: {', '.join(names) or 'none'}"
-                self.error(node.where, f"agents.{name}", f"the overlay names an unknown agent ({valid})")
+                hint = choices_hint(name, names, label="known agents", none="there are no agents")
+                self.error(node.where, f"agents.{name}", f"the overlay names an unknown agent ({hint})")
         context = Context(project_dir=self.project_dir, environ=self.environ, check_commands=self.options.check_commands)
         if self.options.cpu_count is not None:
             context.cpu_count = self.options.cpu_count
@@ -177,11 +178,9 @@ class _Loader:
             return None
         path = self.find(ENV_DIR, name)
         if path is None:
-            known = self.available(ENV_DIR)
-            hint = suggest(name, known)
-            valid = f"did you mean '{hint}'?" if hint else f"available: {', '.join(known)}" if known else f"none exist in {ENV_DIR}/"
+            hint = choices_hint(name, self.available(ENV_DIR), none=f"none exist in {ENV_DIR}/")
             raise ManifestError([Diagnostic(Location(os.path.join(self.root, ENV_DIR, name + ".yaml")), "--env",
-                                            f"unknown environment '{name}' ({valid})")])
+                                            f"unknown environment '{name}' ({hint})")])
         node = self.read(path)
         if node is not None:
             ENV_OVERLAY.check(node, "", self.checker)
@@ -233,10 +232,8 @@ class _Loader:
                 return chain
             path = self.find(TEMPLATES_DIR, name)
             if path is None:
-                known = self.available(TEMPLATES_DIR)
-                hint = suggest(name, known)
-                valid = f"did you mean '{hint}'?" if hint else f"available: {', '.join(known)}" if known else f"none exist in {TEMPLATES_DIR}/"
-                self.error(ext.loc, "extends", f"unknown template '{name}' ({valid})")
+                hint = choices_hint(name, self.available(TEMPLATES_DIR), none=f"none exist in {TEMPLATES_DIR}/")
+                self.error(ext.loc, "extends", f"unknown template '{name}' ({hint})")
                 return chain
             template = self.read(path)
             if template is None:

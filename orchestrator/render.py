@@ -19,7 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 import jinja2
 
@@ -125,15 +126,20 @@ def socket_path(manifests: ManifestSet, state_dir: str | None = None) -> str:
     return os.path.join(state_dir or manifests.state_dir, manifests.settings.supervisord.socket)
 
 
-def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: Path | None = None) -> Rendering:
-    """The supervisord configuration for `manifests`, with paths inside `state_dir` (default: the set's own)."""
+def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: Path | None = None,
+           single_file: bool = False) -> Rendering:
+    """The supervisord configuration for `manifests`, with paths inside `state_dir` (default: the set's own).
+
+    `single_file` puts every program section in supervisord.conf itself instead
+    of programs/NAME.conf: the same sections, for `check` (see there).
+    """
     state = state_dir or manifests.state_dir
     env = environment(templates)
     project_dir = os.path.dirname(manifests.manifests_dir)
     common: dict[str, Any] = {"settings": manifests.settings, "state_dir": state,
                               "manifests_dir": manifests.manifests_dir}
     files = {MAIN_CONFIG: _render(env, "supervisord.conf.j2", common, None,
-                                  socket=socket_path(manifests, state))}
+                                  socket=socket_path(manifests, state), include_programs=not single_file)}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
         source = os.path.relpath(agent.source.file, manifests.manifests_dir) if agent.source.file else agent.name
@@ -143,6 +149,9 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
             # supervisord fills in each replica's number; written raw, not escaped
             replica_suffix="-%(process_num)d" if agent.replicas > 1 else "",
         )
+    if single_file:
+        programs = [files.pop(rel) for rel in sorted(files) if rel != MAIN_CONFIG]
+        files[MAIN_CONFIG] = "\n".join([files[MAIN_CONFIG], *programs])
     return Rendering(files=files, state_dir=state)
 
 
@@ -164,7 +173,12 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
     """Problems supervisord would have with this manifest set's configuration, as diagnostics.
 
     The configuration is rendered into a scratch state directory and parsed by
-    supervisord's own `ServerOptions`, exactly as `supervisord -c` would read it.
+    supervisord's own `ServerOptions`, as `supervisord -c` would read it, with
+    one difference: the program sections sit in the main file rather than in
+    included files. supervisord re-scans every section once per included file
+    (its `%(here)s` replacement), which makes 500 includes cost 0.99 s against
+    0.17 s for the same sections in one file; the sections parse identically,
+    since orchestrator never writes `%(here)s` (see `svconf`).
     """
     from supervisor.options import ServerOptions  # imported here: it is heavy and only the check needs it
 
@@ -173,7 +187,8 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
     sock = socket_path(manifests)
     if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
         found.append(Diagnostic(settings_loc, "supervisord.socket",
-                                f"the socket path {sock} is {len(os.fsencode(sock))} bytes, longer than the {MAX_SOCKET_PATH} a unix socket allows "
+                                f"the socket path {sock} is {len(os.fsencode(sock))} bytes, longer than the "
+                                f"{MAX_SOCKET_PATH} a unix socket allows "
                                 "(expected a shorter state directory or socket name)"))
     try:
         render(manifests, templates=templates)
@@ -181,7 +196,7 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
         found.append(Diagnostic(settings_loc, "", str(exc)))
         return found
     with tempfile.TemporaryDirectory(prefix="orchestrator-check-") as scratch:
-        rendering = render(manifests, state_dir=scratch, templates=templates)
+        rendering = render(manifests, state_dir=scratch, templates=templates, single_file=True)
         rendering.write(scratch)
         os.makedirs(os.path.join(scratch, LOGS_DIR), exist_ok=True)
         options = ServerOptions()
@@ -192,10 +207,7 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
             message = _FILE_NOTE.sub("", str(exc)).replace(scratch, manifests.state_dir)
             match = _SECTION.search(message)
             where = settings_loc
-            if match:
-                try:
-                    where = manifests.agent(match.group(1)).source
-                except KeyError:
-                    pass
+            if match and match.group(1) in manifests.names:
+                where = manifests.agent(match.group(1)).source
             found.append(Diagnostic(where, "", f"supervisord rejects the rendered configuration: {message}"))
     return found

@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import model
 from orchestrator.spec import (
-    AnyValue, Bool, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
+    AnyValue, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
 )
 
 AGENT_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -33,7 +33,8 @@ def _probe(*, liveness: bool) -> Record:
         "tcp": Field(Str(what="HOST:PORT"), "connect to this HOST:PORT; ready once it accepts"),
         "http": Field(Str(what="an http:// or https:// URL"), "GET this URL; ready on a 2xx or 3xx answer"),
         "exec": Field(ListOf(Str(numbers=True), min_items=1), "run this command; ready when it exits 0"),
-        "timeout": Field(Duration(min=0.001), "how long one check may take" if liveness else "how long to wait for readiness before the start fails",
+        "timeout": Field(Duration(min=0.001),
+                         "how long one check may take" if liveness else "how long to wait for readiness before the start fails",
                          default=2.0 if liveness else 30.0),
         "period": Field(Duration(min=0.01), "time between checks", default=10.0 if liveness else 0.25),
         "initial_delay": Field(Duration(), "wait this long after start before the first check", default=0.0),
@@ -62,7 +63,8 @@ _thresholds = Record(
 
 RESTART = Record(
     fields={
-        "policy": Field(Enum(choices=model.RESTART_POLICIES, noun="policy"), "how a crashed agent is restarted", default="exponential-backoff"),
+        "policy": Field(Enum(choices=model.RESTART_POLICIES, noun="policy"), "how a crashed agent is restarted",
+                        default="exponential-backoff"),
         "delay": Field(Duration(), "delay before a restart (exponential-backoff: the first delay)", default=1.0),
         "multiplier": Field(Number(min=1), "exponential-backoff: each delay is the previous times this", default=2.0),
         "max_delay": Field(Duration(), "exponential-backoff: the longest delay", default=60.0),
@@ -121,7 +123,8 @@ def _agent_fields(*, template: bool) -> dict[str, Field]:
     return {
         "name": Field(_name, "the agent's name, unique in the manifest set", required=not template),
         "description": Field(Str(), "what the agent does", default=""),
-        "extends": Field(Str(what="the name of a file in templates/ without .yaml", pattern=AGENT_NAME), "inherit fields from templates/NAME.yaml"),
+        "extends": Field(Str(what="the name of a file in templates/ without .yaml", pattern=AGENT_NAME),
+                         "inherit fields from templates/NAME.yaml"),
         "command": Field(_command, "program and arguments; Jinja templates allowed", required=not template),
         "vars": Field(MapOf(AnyValue(), key_pattern=r"[A-Za-z_][A-Za-z0-9_]*", key_what="an identifier"),
                       "values for templates, as {{ vars.NAME }}", default=model.EMPTY),

@@ -16,7 +16,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from orchestrator.errors import Diagnostic, Location
 from orchestrator.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
@@ -42,7 +43,7 @@ class _Failed:
 FAILED: Any = _Failed()
 
 
-def check_node(spec: "Spec", node: Node, path: str, checker: "Checker") -> Any:
+def check_node(spec: Spec, node: Node, path: str, checker: Checker) -> Any:
     """`spec.check`, except for a node already reported as a failed template."""
     if node.value is FAILED:
         return INVALID
@@ -91,6 +92,14 @@ def suggest(word: str, choices: Sequence[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def choices_hint(word: str, choices: Sequence[str], *, label: str = "available", none: str = "there are none") -> str:
+    """What to say instead of a mistyped `word`: the likely intended choice, else every choice there is."""
+    hint = suggest(word, choices)
+    if hint:
+        return f"did you mean '{hint}'?"
+    return f"{label}: {', '.join(choices)}" if choices else none
+
+
 def join_path(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -135,7 +144,8 @@ class Str(Spec):
         if not isinstance(value, str):
             return self.wrong(node, path, checker)
         if not self.multiline and _LINE_BREAKING.search(value):
-            return checker.error(node.loc, path, "contains a line break or NUL character, which would break the supervisord configuration (expected a single line)")
+            return checker.error(node.loc, path, "contains a line break or NUL character, which would break the "
+                                 "supervisord configuration (expected a single line)")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             return self.wrong(node, path, checker, f"invalid value {describe(value)}")
         if self.max_length is not None and len(value) > self.max_length:
@@ -344,7 +354,8 @@ class ListOf(Spec):
         if not isinstance(node.value, list):
             return self.wrong(node, path, checker)
         if len(node.value) < self.min_items:
-            return checker.error(node.loc, path, f"needs at least {self.min_items} item{'s' if self.min_items > 1 else ''} (expected {self.what})")
+            items = f"{self.min_items} item{'s' if self.min_items > 1 else ''}"
+            return checker.error(node.loc, path, f"needs at least {items} (expected {self.what})")
         out, seen, ok = [], set(), True
         for index, item in enumerate(node.value):
             value = check_node(self.item, item, f"{path}[{index}]", checker)

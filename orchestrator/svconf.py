@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 _INLINE_COMMENT = re.compile(r"\s[;#]")
 HERE = "%(here)s"

@@ -17,13 +17,14 @@ import os
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from orchestrator import model, svconf
 from orchestrator.errors import Diagnostic, Location
 from orchestrator.schema import POLICY_FIELDS
-from orchestrator.spec import INVALID, describe, suggest
+from orchestrator.spec import INVALID, choices_hint, describe
 from orchestrator.yamltree import Node
 
 
@@ -62,7 +63,7 @@ class Context:
 
     project_dir: str
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     check_commands: bool = True
 
 
@@ -108,9 +109,8 @@ def known_dependencies(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagno
         for index, item in enumerate(deps.value):
             if not isinstance(item.value, str) or item.value in names:
                 continue
-            hint = suggest(item.value, names)
-            valid = f"did you mean '{hint}'?" if hint else f"known agents: {', '.join(names) or 'none'}"
-            yield _error(item.loc, f"depends_on[{index}]", f"unknown agent {describe(item.value)} ({valid})")
+            hint = choices_hint(item.value, names, label="known agents", none="there are no agents")
+            yield _error(item.loc, f"depends_on[{index}]", f"unknown agent {describe(item.value)} ({hint})")
 
 
 def dependency_edges(drafts: Sequence[Draft]) -> dict[str, dict[str, Location]]:
@@ -155,7 +155,7 @@ def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
 def no_cycles(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagnostic]:
     edges = dependency_edges(drafts)
     for cycle in find_cycles(edges):
-        pairs = list(zip(cycle, cycle[1:]))
+        pairs = list(zip(cycle, cycle[1:], strict=False))
         where = ", ".join(f"{a} -> {b} at {edges[a][b]}" for a, b in pairs)
         first = edges[pairs[0][0]][pairs[0][1]]
         yield _error(first, "depends_on", f"dependency cycle {' -> '.join(cycle)} ({where}; expected no cycle)")
@@ -198,6 +198,9 @@ def restart_fields_match_policy(draft: Draft, ctx: Context) -> Iterator[Diagnost
     if policy.policy == "exponential-backoff" and policy.max_delay < policy.delay:
         node = restart.get("max_delay") or restart
         yield _error(node.loc, "restart.max_delay", f"{policy.max_delay:g}s is below delay {policy.delay:g}s (expected max_delay >= delay)")
+
+
+_HOST_PORT = "expected HOST:PORT with a port from 1 to 65535,"
 
 
 def _host_port_problem(text: str) -> str | None:
@@ -248,7 +251,7 @@ def probes_are_valid(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
         if kind == "tcp" and isinstance(target.value, str):
             problem = _host_port_problem(target.value)
             if problem:
-                yield _error(target.loc, f"{which}.tcp", f"{describe(target.value)} {problem} (expected HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:9101)")
+                yield _error(target.loc, f"{which}.tcp", f"{describe(target.value)} {problem} ({_HOST_PORT} such as 127.0.0.1:9101)")
         elif kind == "http" and isinstance(target.value, str):
             problem = _url_problem(target.value)
             if problem:
@@ -305,7 +308,8 @@ def directory_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
     directory = draft.value("directory")
     node = draft.node.get("directory")
     if directory and node is not None and not os.path.isdir(os.path.join(ctx.project_dir, directory)):
-        yield Diagnostic(node.loc, "directory", f"{describe(directory)} does not exist on this machine (supervisord will fail to start the agent here)", "warning")
+        yield Diagnostic(node.loc, "directory", f"{describe(directory)} does not exist on this machine "
+                         "(supervisord will fail to start the agent here)", "warning")
 
 
 def cpus_exist(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
@@ -315,7 +319,7 @@ def cpus_exist(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
     for index, cpu in enumerate(resources.cpu_affinity):
         if cpu >= ctx.cpu_count:
             node = _child(draft.node, "resources", "cpu_affinity", index)
-            have = f"CPU 0" if ctx.cpu_count == 1 else f"CPUs 0-{ctx.cpu_count - 1}"
+            have = "CPU 0" if ctx.cpu_count == 1 else f"CPUs 0-{ctx.cpu_count - 1}"
             yield Diagnostic(node.loc if node else draft.node.loc, f"resources.cpu_affinity[{index}]",
                              f"CPU {cpu} does not exist on this machine (it has {have}); kept, since manifests move between machines",
                              "warning")
@@ -345,7 +349,7 @@ def validate_settings(node: Node, settings: model.Settings) -> list[Diagnostic]:
     problem = _host_port_problem(settings.exporter.listen)
     if problem:
         found.append(_error(listen.loc if listen else node.loc, "exporter.listen",
-                            f"{describe(settings.exporter.listen)} {problem} (expected HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:9300)"))
+                            f"{describe(settings.exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
     urls = [("grafana.url", _child(node, "grafana", "url"), settings.grafana.url)]
     urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url) for i, n in enumerate(settings.notifications)]
     for key, where, url in urls:

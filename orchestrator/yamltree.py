@@ -15,7 +15,8 @@ loader); scalars are resolved by ruamel's own YAML 1.2 resolver and built here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError

@@ -150,7 +150,8 @@ class _Loader:
         agent_overlays: dict[str, Node] = {}
         agents_node = overlay.get("agents") if overlay is not None else None
         if agents_node is not None and isinstance(agents_node.value, dict):
-            agent_overlays = agents_node.value
+            # an overlay that is not a mapping was reported by ENV_OVERLAY's check
+            agent_overlays = {k: v for k, v in agents_node.value.items() if isinstance(v.value, dict)}
         paths = sorted(p for s in _SUFFIXES for p in glob.glob(os.path.join(self.root, AGENTS_DIR, "*" + s)))
         if not paths:
             self.checker.warning(Location(os.path.join(self.root, AGENTS_DIR)), "", "no agent manifests (expected agents/NAME.yaml files)")
@@ -160,7 +161,9 @@ class _Loader:
             if name not in names:
                 hint = choices_hint(name, names, label="known agents", none="there are no agents")
                 self.error(node.where, f"agents.{name}", f"the overlay names an unknown agent ({hint})")
-        context = Context(project_dir=self.project_dir, environ=self.environ, check_commands=self.options.check_commands)
+        unreadable = frozenset(os.path.splitext(os.path.basename(p))[0] for p in paths if self.files.get(p) is None)
+        context = Context(project_dir=self.project_dir, environ=self.environ, check_commands=self.options.check_commands,
+                          unreadable=unreadable)
         if self.options.cpu_count is not None:
             context.cpu_count = self.options.cpu_count
         self.checker.diagnostics.extend(validate_agents(drafts, context))
@@ -195,13 +198,15 @@ class _Loader:
         if over is not None and isinstance(over.value, dict):
             node = merge(node, over)
         node = self.render(node, "", self.base_context(), skip=("defaults",))
-        settings = SETTINGS.check(node, "", self.checker)
-        if settings is INVALID:
-            settings = model.Settings()
-        else:
-            self.checker.diagnostics.extend(validate_settings(node, settings))
+        values = SETTINGS.check_fields(node, "", self.checker)
+        if values is INVALID:
+            values = {}
+        valid = {k: v for k, v in values.items() if v is not INVALID}
+        settings = model.Settings(**valid)  # the defaults stand in for invalid fields; load() raises anyway
         state_dir = self.options.state_dir or os.path.join(self.root, settings.state_dir)
         self.state_dir = os.path.normpath(os.path.abspath(state_dir))
+        socket = os.path.join(self.state_dir, settings.supervisord.socket)
+        self.checker.diagnostics.extend(validate_settings(node, valid, socket=socket))
         return node, settings
 
     def defaults_layer(self, settings: Node) -> Node | None:

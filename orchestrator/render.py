@@ -31,8 +31,6 @@ from orchestrator.model import Agent, ManifestSet
 MAIN_CONFIG = "supervisord.conf"
 PROGRAMS_DIR = "programs"
 LOGS_DIR = "logs"
-# sun_path holds 108 bytes including the terminating NUL.
-MAX_SOCKET_PATH = 107
 
 
 def template_dir() -> Path:
@@ -184,12 +182,6 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
 
     settings_loc = Location(os.path.join(manifests.manifests_dir, "orchestrator.yaml"))
     found: list[Diagnostic] = []
-    sock = socket_path(manifests)
-    if len(os.fsencode(sock)) > MAX_SOCKET_PATH:
-        found.append(Diagnostic(settings_loc, "supervisord.socket",
-                                f"the socket path {sock} is {len(os.fsencode(sock))} bytes, longer than the "
-                                f"{MAX_SOCKET_PATH} a unix socket allows "
-                                "(expected a shorter state directory or socket name)"))
     try:
         render(manifests, templates=templates)
     except RenderError as exc:

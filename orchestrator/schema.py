@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator import model
 from orchestrator.spec import (
-    AnyValue, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
+    AnyMapping, AnyValue, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
 )
 
 AGENT_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -184,7 +184,8 @@ _settings_fields: dict[str, Field] = {
         "folder": Field(Str(), "dashboard folder", default="Orchestrator"),
         "datasource": Field(Str(), "Prometheus datasource name", default="Prometheus"),
     }, build=model.Grafana, what="a grafana mapping"), "Grafana settings", default=model.Grafana()),
-    "defaults": Field(AnyValue(), "agent fields every agent inherits (below any template)", default=model.EMPTY),
+    "defaults": Field(AnyMapping(what="a mapping of agent fields"), "agent fields every agent inherits (below any template)",
+                      default=model.EMPTY),
 }
 
 SETTINGS = Record(fields=_settings_fields, build=model.Settings, what="a settings mapping",
@@ -192,8 +193,9 @@ SETTINGS = Record(fields=_settings_fields, build=model.Settings, what="a setting
 
 ENV_OVERLAY = Record(
     fields={
-        "settings": Field(AnyValue(), "merged over orchestrator.yaml"),
-        "agents": Field(MapOf(AnyValue(), key_pattern=AGENT_NAME, key_what="an agent name"), "per agent, merged over its manifest"),
+        "settings": Field(AnyMapping(what="a settings mapping"), "merged over orchestrator.yaml"),
+        "agents": Field(MapOf(AnyMapping(what="an agent mapping"), key_pattern=AGENT_NAME, key_what="an agent name"),
+                        "per agent, merged over its manifest"),
     },
     what="an environment overlay mapping",
     doc="env/NAME.yaml: an environment overlay, selected with --env NAME",

@@ -341,6 +341,21 @@ class AnyValue(Spec):
 
 
 @dataclass
+class AnyMapping(Spec):
+    """Any mapping, kept as plain data; its keys are checked later, where it is merged."""
+
+    what: str = "a mapping"
+
+    def check(self, node: Node, path: str, checker: Checker) -> Any:
+        if not isinstance(node.value, dict):
+            return self.wrong(node, path, checker)
+        return node.plain()
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "object"}
+
+
+@dataclass
 class ListOf(Spec):
     item: Spec = field(default_factory=Str)
     min_items: int = 0
@@ -468,8 +483,9 @@ class Record(Spec):
                     checker.error(item.where, sub, f"unknown key (valid keys: {', '.join(self.fields)})")
                 values[key] = INVALID
                 continue
-            if item.value is None and spec.default is not MISSING:
-                values[key] = spec.default  # an explicit null means "the default"
+            if item.value is None and not spec.required:
+                if spec.default is not MISSING:
+                    values[key] = spec.default  # an explicit null means "the default", or absent
                 continue
             values[key] = check_node(spec.spec, item, sub, checker)
         for key, spec in self.fields.items():

@@ -14,6 +14,8 @@ from __future__ import annotations
 import graphlib
 import ipaddress
 import os
+import pwd
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -65,6 +67,9 @@ class Context:
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     check_commands: bool = True
+    # Names of agents whose files could not be read (their stems): depending on
+    # them is not an "unknown agent" error, the file's own error says enough.
+    unreadable: frozenset[str] = frozenset()
 
 
 AgentValidator = Callable[[Draft, Context], Iterable[Diagnostic]]
@@ -107,7 +112,7 @@ def known_dependencies(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagno
         if deps is None or not isinstance(deps.value, list):
             continue
         for index, item in enumerate(deps.value):
-            if not isinstance(item.value, str) or item.value in names:
+            if not isinstance(item.value, str) or item.value in names or item.value in ctx.unreadable:
                 continue
             hint = choices_hint(item.value, names, label="known agents", none="there are no agents")
             yield _error(item.loc, f"depends_on[{index}]", f"unknown agent {describe(item.value)} ({hint})")
@@ -200,6 +205,7 @@ def restart_fields_match_policy(draft: Draft, ctx: Context) -> Iterator[Diagnost
         yield _error(node.loc, "restart.max_delay", f"{policy.max_delay:g}s is below delay {policy.delay:g}s (expected max_delay >= delay)")
 
 
+_LINE_BREAK = re.compile(r"[\n\r\x00]")
 _HOST_PORT = "expected HOST:PORT with a port from 1 to 65535,"
 
 
@@ -292,16 +298,28 @@ def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
     env = draft.node.get("env")
     if env is not None and isinstance(env.value, dict):
         for key, item in env.value.items():
-            if isinstance(item.value, str):
+            if isinstance(item.value, str) and not _LINE_BREAK.search(item.value):  # line breaks: the type check said so
                 problem = svconf.env_value_problem(item.value)
                 if problem:
                     yield _error(item.loc, f"env.{key}", f"value {problem} (expected a value supervisord can pass through; "
                                  "move it to a file the agent reads)")
     directory = draft.node.get("directory")
-    if directory is not None and isinstance(directory.value, str):
+    if directory is not None and isinstance(directory.value, str) and not _LINE_BREAK.search(directory.value):
         problem = svconf.value_problem(directory.value)
         if problem:
             yield _error(directory.loc, "directory", f"path {problem} (expected a plain path)")
+
+
+def user_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    sandbox: model.Sandbox | None = draft.value("sandbox")
+    node = _child(draft.node, "sandbox", "user")
+    if sandbox is None or not sandbox.user or node is None:
+        return
+    try:
+        pwd.getpwnam(sandbox.user)
+    except KeyError:
+        yield _error(node.loc, "sandbox.user", f"user {sandbox.user!r} does not exist on this machine "
+                     "(expected an existing user name; supervisord rejects the configuration otherwise)")
 
 
 def directory_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
@@ -328,7 +346,7 @@ def cpus_exist(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
 SET_VALIDATORS: tuple[SetValidator, ...] = (unique_names, known_dependencies, no_cycles)
 AGENT_VALIDATORS: tuple[AgentValidator, ...] = (
     thresholds_in_order, restart_fields_match_policy, probes_are_valid, command_is_runnable,
-    values_fit_supervisord, directory_exists, cpus_exist,
+    values_fit_supervisord, user_exists, directory_exists, cpus_exist,
 )
 
 
@@ -343,25 +361,43 @@ def validate_agents(drafts: Sequence[Draft], ctx: Context) -> list[Diagnostic]:
     return found
 
 
-def validate_settings(node: Node, settings: model.Settings) -> list[Diagnostic]:
+def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str) -> list[Diagnostic]:
+    """Problems in the settings' fields that passed their type checks; `socket` is the socket's resolved path."""
     found: list[Diagnostic] = []
-    listen = _child(node, "exporter", "listen")
-    problem = _host_port_problem(settings.exporter.listen)
-    if problem:
-        found.append(_error(listen.loc if listen else node.loc, "exporter.listen",
-                            f"{describe(settings.exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
-    urls = [("grafana.url", _child(node, "grafana", "url"), settings.grafana.url)]
-    urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url) for i, n in enumerate(settings.notifications)]
+    exporter = values.get("exporter")
+    if isinstance(exporter, model.Exporter):
+        problem = _host_port_problem(exporter.listen)
+        if problem:
+            where = _child(node, "exporter", "listen")
+            found.append(_error(where.loc if where else node.loc, "exporter.listen",
+                                f"{describe(exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
+    urls: list[tuple[str, Node | None, str]] = []
+    grafana = values.get("grafana")
+    if isinstance(grafana, model.Grafana):
+        urls.append(("grafana.url", _child(node, "grafana", "url"), grafana.url))
+    notifications = values.get("notifications")
+    if isinstance(notifications, tuple):
+        urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url) for i, n in enumerate(notifications)]
     for key, where, url in urls:
         problem = _url_problem(url)
         if problem:
             found.append(_error(where.loc if where else node.loc, key, f"{describe(url)} {problem} (expected an http:// or https:// URL)"))
-    for key in ("state_dir",):
-        where = node.get(key)
-        problem = svconf.value_problem(settings.state_dir)
-        if problem and where is not None:
-            found.append(_error(where.loc, key, f"path {problem} (expected a plain path)"))
+    state_dir = values.get("state_dir")
+    where = node.get("state_dir")
+    if isinstance(state_dir, str) and where is not None:
+        problem = svconf.value_problem(state_dir)
+        if problem:
+            found.append(_error(where.loc, "state_dir", f"path {problem} (expected a plain path)"))
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        where = _child(node, "supervisord", "socket") or node.get("state_dir") or node
+        found.append(_error(where.where, "supervisord.socket",
+                            f"the socket path {socket} is {len(os.fsencode(socket))} bytes, longer than the {MAX_SOCKET_PATH} "
+                            "a unix socket allows (expected a shorter state directory or socket name)"))
     return found
+
+
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
 
 
 def split_command(text: str) -> tuple[str, ...]:

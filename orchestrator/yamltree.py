@@ -83,12 +83,18 @@ _PARSER = _yaml()
 def load_file(path: str) -> LoadResult:
     """The located tree of the YAML file at `path`, or the diagnostics that prevent reading it."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except UnicodeDecodeError as exc:
-        return LoadResult(None, [Diagnostic(Location(path, 1, 1), "", f"not UTF-8 text: {exc.reason}")])
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         return LoadResult(None, [Diagnostic(Location(path), "", f"cannot read: {exc.strerror}")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = len(data[line_start:exc.start].decode("utf-8", errors="replace")) + 1
+        return LoadResult(None, [Diagnostic(Location(path, line, col), "",
+                                            f"not UTF-8 text: {exc.reason} (expected a file encoded as UTF-8)")])
     return load_text(text, path)
 
 
@@ -97,24 +103,52 @@ def load_text(text: str, path: str) -> LoadResult:
     try:
         documents = list(_PARSER.compose_all(text))
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem and exc.context not in problem:
-            problem = f"{exc.context}, {problem}"
-        return LoadResult(None, [Diagnostic(Location(path, line, col), "", f"YAML syntax error: {problem}")])
+        return LoadResult(None, [_syntax_error(exc, text, path)])
     except YAMLError as exc:
         return LoadResult(None, [Diagnostic(Location(path, 1, 1), "", f"YAML syntax error: {exc}")])
     except (ValueError, RecursionError) as exc:  # the C parser reports some encodings this way
         return LoadResult(None, [Diagnostic(Location(path, 1, 1), "", f"YAML syntax error: {exc}")])
     if len(documents) > 1:
-        second = documents[1]
-        return LoadResult(None, [Diagnostic(_loc(path, second), "", "one YAML document per file (found a second '---')")])
+        return LoadResult(None, [Diagnostic(_second_document(text, path), "", "one YAML document per file (found a second '---')")])
     if not documents or documents[0] is None:
         return LoadResult(Node({}, Location(path, 1, 1)))
     builder = _Builder(path)
     root = builder.build(documents[0], None, depth=0)
     return LoadResult(root, builder.diagnostics)
+
+
+def _syntax_error(exc: MarkedYAMLError, text: str, path: str) -> Diagnostic:
+    """A YAML syntax error, placed where a person would look for it."""
+    lines = text.split("\n")
+    mark = exc.problem_mark or exc.context_mark
+    at_end = mark is not None and (mark.line >= len(lines) or (mark.line == len(lines) - 1 and mark.column >= len(lines[-1])))
+    if at_end and exc.context_mark is not None:
+        mark = exc.context_mark  # "unexpected end of stream": point at what was left open
+    line, col = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+    problem = exc.problem or exc.context or "invalid YAML"
+    if exc.context and exc.problem and exc.context not in problem:
+        problem = f"{exc.context}, {problem}"
+    char = lines[line - 1][col - 1] if line <= len(lines) and col <= len(lines[line - 1]) else ""
+    if "found character that cannot start any token" in problem and char:
+        if char == "\t":
+            problem = problem.replace("found character", "found a tab character") + \
+                " (expected spaces: YAML indents with spaces, never tabs)"
+        else:
+            problem = problem.replace("found character", f"found character {char!r}") + \
+                " (quote the value if it is text)"
+    return Diagnostic(Location(path, line, col), "", f"YAML syntax error: {problem}")
+
+
+def _second_document(text: str, path: str) -> Location:
+    """Where the second document of a stream starts: its '---'."""
+    count = 0
+    for event in _PARSER.parse(text):
+        if type(event).__name__ == "DocumentStartEvent":
+            count += 1
+            if count == 2:
+                mark = event.start_mark
+                return Location(path, mark.line + 1, mark.column + 1)
+    return Location(path, 1, 1)  # pragma: no cover - compose_all found two documents
 
 
 def _loc(path: str, node: YamlNode) -> Location:

@@ -51,27 +51,7 @@ WARNING = re.compile(r"^\S+: warning: ")
 # Cases whose expected.txt holds what the loader SHOULD print, where it prints
 # something else today. The wording of a new message is a suggestion: what
 # matters is the location, the key path and the fact the error is (or is not) there.
-KNOWN_LOADER_PROBLEMS: dict[str, str] = {
-    "02-yaml-tab-indentation": "ruamel's C parser says 'found character that cannot start any token' without naming the tab "
-                               "(the pure parser says '\\t'); the message should say a tab is not indentation",
-    "05-yaml-two-documents": "the location is the second document's first node (line 4), not its '---' (line 3); "
-                             "a trailing '---' is even reported past the end of the file",
-    "06-yaml-unclosed-at-end-of-file": "an unclosed quote or bracket is reported at the end of the stream (a line after the "
-                                       "last one) instead of where it opens (the error's context_mark)",
-    "07-yaml-not-utf8": "always reported at 1:1 instead of the line and column of the first bad byte",
-    "15-broken-dependency-file": "a dependency whose own file failed to load is reported as an unknown agent "
-                                 "(known agents: strategy): a misleading second error for one problem",
-    "30-newline-in-values": "an env value with a line break is reported twice at the same place "
-                            "(Str's check and values_fit_supervisord)",
-    "42-env-overlay-not-a-mapping": "env overlay `settings: [..]` is silently ignored; `agents.NAME: 5` replaces the whole agent, "
-                                    "giving 'unknown agent (known agents: none)' and an error without a key path",
-    "44-settings-unknown-key-hides-values": "any type error in orchestrator.yaml skips validate_settings, so a bad "
-                                            "exporter.listen and grafana.url go unreported",
-    "45-sandbox-unknown-user": "an unknown sandbox.user is reported by supervisord's parser at the agent's name, "
-                               "without key path or expected value, instead of at sandbox.user",
-    "46-sandbox-user-with-other-errors": "an unknown sandbox.user is only found by render.check, which runs only when the "
-                                         "set has no other error, so it is missing from this run",
-}
+KNOWN_LOADER_PROBLEMS: dict[str, str] = {}
 
 
 def _cases() -> list[Path]:

@@ -9,7 +9,9 @@ and review the diff like code.
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from supervisor.options import ServerOptions
 
 from orchestrator import render
+from orchestrator.errors import ManifestError
 from orchestrator.manifest import LoadOptions, load
 from tests.conftest import DEFAULT_MANIFESTS, FIXTURES, REPO
 
@@ -84,17 +87,24 @@ def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_
     assert servers[0]["chmod"] == 0o700
 
 
-def test_the_check_reports_what_supervisord_rejects_at_the_agent(manifest_set):
-    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\nsandbox: {user: no-such-user-xyz}\n"})
-    problems = render.check(load(LoadOptions(str(manifests))))
-    assert [(p.location.line, p.location.col) for p in problems] == [(1, 7)]
-    assert "supervisord rejects the rendered configuration: Invalid user name no-such-user-xyz in section 'program:a'" in problems[0].message
-
-
-def test_the_check_rejects_a_socket_path_too_long_for_unix_sockets(manifest_set):
+def test_the_check_reports_what_supervisord_rejects_at_the_agent(manifest_set, tmp_path):
+    """A template edit supervisord would refuse is caught before anything uses it, and names the agent."""
+    templates = tmp_path / "templates"
+    shutil.copytree(render.template_dir(), templates)
+    program = templates / "program.conf.j2"
+    program.write_text(re.sub(r"startsecs=.*", "startsecs=soon", program.read_text()))
     manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n"})
-    loaded = load(LoadOptions(str(manifests), state_dir="/tmp/" + "d" * 120))
-    assert any("longer than the 107 a unix socket allows" in p.message for p in render.check(loaded))
+    problems = render.check(load(LoadOptions(str(manifests))), templates=templates)
+    assert [(p.location.line, p.location.col) for p in problems] == [(1, 7)]
+    assert "supervisord rejects the rendered configuration: " in problems[0].message
+    assert "'soon' in section 'program:a'" in problems[0].message
+
+
+def test_a_socket_path_too_long_for_unix_sockets_is_a_manifest_error(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n"})
+    with pytest.raises(ManifestError) as caught:
+        load(LoadOptions(str(manifests), state_dir="/tmp/" + "d" * 120))
+    assert "longer than the 107 a unix socket allows" in str(caught.value)
 
 
 def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):

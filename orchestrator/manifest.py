@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from orchestrator import model
 from orchestrator.errors import Diagnostic, Location, ManifestError
 from orchestrator.schema import AGENT, ENV_OVERLAY, POLICY_FIELDS, SETTINGS
-from orchestrator.spec import FAILED, INVALID, Checker, choices_hint, describe
+from orchestrator.spec import FAILED, INVALID, Checker, choices_hint, describe, suggest
 from orchestrator.validators import Context, Draft, split_command, validate_agents, validate_settings
 from orchestrator.yamltree import Node, load_file
 
@@ -342,9 +343,15 @@ class _Loader:
         except TemplateSyntaxError as exc:
             message = f"template syntax error: {exc.message}"
         except UndefinedError as exc:
-            defined = ", ".join(sorted(context.get("vars") or {})) or "none"
-            message = (f"undefined in template: {exc.message} (vars defined here: {defined}; other names: name, agent, "
-                       "python, env(NAME, DEFAULT), project_dir, manifests_dir, state_dir)")
+            variables = sorted(context.get("vars") or {})
+            missing = re.search(r"attribute '(\w+)'|'(\w+)' is undefined", exc.message or "")
+            hint = ""
+            if missing:
+                word = missing.group(1) or missing.group(2)
+                near = suggest(word, variables if missing.group(1) else [k for k in context if k != "vars"] + ["vars"])
+                hint = f"did you mean '{near}'? " if near else ""
+            message = (f"undefined in template: {exc.message} ({hint}vars defined here: {', '.join(variables) or 'none'}; "
+                       "other names: name, agent, python, env(NAME, DEFAULT), project_dir, manifests_dir, state_dir)")
         except _EnvMissing as exc:
             message = f"environment variable {exc.name} is not set (set it, or give a default: env('{exc.name}', 'value'))"
         except (TemplateError, ArithmeticError, TypeError, ValueError, AttributeError) as exc:

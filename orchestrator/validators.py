@@ -277,9 +277,9 @@ def _runnable(argv: Sequence[str], node: Node, key: str, draft: Draft, ctx: Cont
         base = draft.value("directory") or ctx.project_dir
         path = program if os.path.isabs(program) else os.path.join(ctx.project_dir, base, program)
         if not os.path.exists(path):
-            yield _error(loc, f"{key}[0]", f"{describe(program)} does not exist (expected the path of an executable file)")
+            yield _error(loc, f"{key}[0]", f"{program!r} does not exist (expected the path of an executable file)")
         elif os.path.isdir(path) or not os.access(path, os.X_OK):
-            yield _error(loc, f"{key}[0]", f"{describe(program)} is not executable (expected an executable file; chmod +x it)")
+            yield _error(loc, f"{key}[0]", f"{program!r} is not executable (expected an executable file; chmod +x it)")
         return
     env = draft.value("env") or {}
     search = env.get("PATH") or ctx.environ.get("PATH", os.defpath)

@@ -120,7 +120,7 @@ def test_undefined_names_and_unset_environment_variables_are_errors_not_empty_st
     with pytest.raises(ManifestError) as caught:
         _load(manifests, environ={"PATH": "/usr/bin:/bin"})
     messages = [f"{d.location.line}:{d.location.col} {d.key}: {d.message}" for d in caught.value.errors]
-    assert messages[0].startswith("3:17 command[1]: undefined in template: 'dict object' has no attribute 'prot' (vars defined here: port;")
+    assert messages[0].startswith("3:17 command[1]: undefined in template: 'dict object' has no attribute 'prot' (did you mean 'port'? vars defined here: port;")
     assert messages[1] == ("3:36 command[2]: environment variable NOPE_NOT_SET is not set "
                            "(set it, or give a default: env('NOPE_NOT_SET', 'value'))")
     assert len(messages) == 2  # the failed templates are not reported a second time as wrong types

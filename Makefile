@@ -23,6 +23,10 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/orchestrator -m manifests validate
 	$(BIN)/orchestrator -m manifests graph
+	$(BIN)/orchestrator -m manifests render --out .orchestrator/rendered
+	@echo
+	@echo "The supervisord configuration is in .orchestrator/rendered/."
+	@echo "Try: $(BIN)/orchestrator graph --format mermaid, or break a manifest and run $(BIN)/orchestrator validate"
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -6,7 +6,8 @@ message on stderr and an exit code:
 
     0  success
     1  invalid input or a failed operation (every problem printed as FILE:LINE:COL: ...)
-    2  wrong usage of the command line (click's own code)
+    2  wrong usage of the command line (click's own code); for `plan`: changes are pending
+    3  for `status`: something desired is not running or not ready
     70 a bug in orchestrator (an unexpected exception; never a user error)
 """
 
@@ -21,10 +22,15 @@ from typing import Any, NoReturn
 
 import click
 
-from orchestrator import __version__, graph, render, schema
+from orchestrator import __version__, graph, lifecycle, render, schema, status
+from orchestrator.apply import ApplyError, ApplyReport, apply, client_for, compute
+from orchestrator.client import Client
 from orchestrator.errors import Diagnostic, ManifestError, OrchestratorError, display_path
+from orchestrator.history import History
 from orchestrator.manifest import LoadOptions, load
 from orchestrator.model import ManifestSet
+from orchestrator.plan import to_lines
+from orchestrator.sequencer import Event
 
 EXIT_BUG = 70
 
@@ -42,6 +48,15 @@ class Options:
         if problems:
             raise ManifestError([*problems, *manifests.warnings])
         return manifests
+
+    def state_dir_only(self) -> str:
+        """The state directory, even when the manifests are invalid (down and status must still work)."""
+        if self.state_dir:
+            return os.path.abspath(self.state_dir)
+        try:
+            return load(LoadOptions(self.manifests, env=self.env, check_commands=False)).state_dir
+        except ManifestError:
+            return os.path.join(os.path.dirname(os.path.abspath(self.manifests)), ".orchestrator")
 
 
 def _style_diagnostic(diag: Diagnostic) -> str:
@@ -180,6 +195,162 @@ def schema_command(kind: str) -> None:
     a manifest:  # yaml-language-server: $schema=PATH
     """
     click.echo(json.dumps(schema.json_schema(kind), indent=2))
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _progress(manifests: ManifestSet) -> Any:
+    """A progress callback printing each start event with its wave and elapsed time."""
+    order = graph.Graph.of(manifests)
+    total = len(order.waves)
+    colors = {"ready": "green", "failed": "red", "skipped": "yellow", "retrying": "yellow"}
+
+    def show(event: Event) -> None:
+        wave = order.wave_of(event.agent) + 1 if event.agent in order.depends_on else 0
+        detail = f"  {event.detail}" if event.detail else ""
+        line = f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}"
+        click.echo(click.style(line, fg=colors.get(event.kind)), err=True)
+
+    return show
+
+
+def _print_plan(result: Any) -> None:
+    for line, color in to_lines(result):
+        click.echo(click.style(line, fg=color) if color else line)
+
+
+def _confirm_destructive(result: Any, yes: bool) -> None:
+    doomed = result.names("remove", "replace")
+    if doomed and not yes and sys.stdin.isatty():
+        click.confirm(f"This stops {', '.join(doomed)}. Continue?", abort=True, err=True)
+
+
+def _finish(report: ApplyReport, manifests: ManifestSet) -> None:
+    if report.version is not None:
+        click.echo(f"Applied as version {report.version.number}.")
+    if report.start is not None:
+        click.echo(click.style(f"All {len(manifests.agents)} agents are running and ready.", fg="green"))
+
+
+@cli.command("plan")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: {pending, summary, actions: [{action, agent, fields, reason}]} for scripts.")
+@click.pass_obj
+def plan_command(options: Options, output: str) -> None:
+    """Show what apply would change, without changing anything.
+
+    Actions: add, remove, replace (restarts; the changed fields are listed),
+    update (no restart), start (not running). Exit 0 when there is nothing to
+    do, 2 when changes are pending, 1 on error.
+    """
+    manifests = options.load()
+    result, _ = compute(manifests, client_for(manifests))
+    if output == "json":
+        click.echo(result.to_json())
+    else:
+        _print_plan(result)
+    sys.exit(2 if result.pending else 0)
+
+
+@cli.command("apply")
+@click.option("-M", "--message", default="", help="A note recorded with the version (see history).")
+@click.option("--yes", is_flag=True, help="Do not ask before stopping agents.")
+@click.pass_obj
+def apply_command(options: Options, message: str, yes: bool) -> None:
+    """Make the running agents match the manifests.
+
+    Validates first (nothing is touched when a manifest is invalid), then
+    starts, replaces, adds and removes only what changed: unchanged agents
+    keep running with the same PID. Agents start in dependency order, each
+    once what it depends on is ready. Exit 0 only when every agent is
+    running and ready; 1 otherwise, naming the agent that failed and why.
+    """
+    manifests = options.load()
+    client = client_for(manifests)
+    result, _ = compute(manifests, client)
+    _print_plan(result)
+    if not result.pending:
+        return
+    _confirm_destructive(result, yes)
+    try:
+        report = apply(manifests, message=message, progress=_progress(manifests), say=_say, client=client)
+    except ApplyError as exc:
+        raise OrchestratorError(f"apply failed:\n{exc}") from exc
+    _finish(report, manifests)
+
+
+@cli.command("up")
+@click.option("-M", "--message", default="", help="A note recorded with the version.")
+@click.pass_obj
+def up_command(options: Options, message: str) -> None:
+    """Start supervisord if it is not running, then apply.
+
+    supervisord runs as a daemon from the state directory (configuration,
+    socket, pid file and logs are all there). Exit 0 when every agent is
+    running and ready.
+    """
+    manifests = options.load()
+    try:
+        report = lifecycle.up(manifests, message=message, progress=_progress(manifests), say=_say)
+    except ApplyError as exc:
+        raise OrchestratorError(f"up failed:\n{exc}") from exc
+    _finish(report, manifests)
+    click.echo(f"Stop everything with: orchestrator -m {display_path(manifests.manifests_dir)} down")
+
+
+@cli.command("down")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def down_command(options: Options, yes: bool) -> None:
+    """Stop every agent, dependents first, then supervisord itself.
+
+    Works even when the manifests are invalid: the order comes from the
+    live version. No process is left behind.
+    """
+    state_dir = options.state_dir_only()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Stop every agent and supervisord ({display_path(state_dir)})?", abort=True, err=True)
+    stopped = lifecycle.down(state_dir, say=_say)
+    click.echo(f"Stopped {len(stopped)} agent{'s' if len(stopped) != 1 else ''} and supervisord." if stopped
+               else "Nothing was running.")
+
+
+@cli.command("status")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: an array, one object per process: name, agent, state, pid, uptime_seconds, restarts, "
+                   "cpu_percent, memory_rss_bytes, health, ready.")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def status_command(options: Options, output: str, names: tuple[str, ...]) -> None:
+    """Show each agent's state, PID, uptime, restarts, CPU, memory and readiness.
+
+    Exit 0 when every agent of the live version is running and ready, 3 when
+    one is not, 1 on error (supervisord not running, for instance).
+    """
+    state_dir = options.state_dir_only()
+    current = History(state_dir).current()
+    agents = dict(current.agents) if current else {}
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(agents)) or 'none'})")
+    client = Client(lifecycle.socket_of(state_dir))
+    if not client.is_running():
+        raise OrchestratorError(f"supervisord is not running for {display_path(state_dir)} (start it with `orchestrator up`)")
+    rows = status.collect(client, agents, list(names) or None)
+    if output == "json":
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        cells = status.table(rows)
+        widths = [max(len(c[0][i]) for c in cells) for i in range(len(cells[0][0]))]
+        for index, (row, color) in enumerate(cells):
+            text = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            click.echo(click.style(text, bold=True) if index == 0 else text if color is None else
+                       click.style(text, fg=color))
+    desired = {n: a for n, a in agents.items() if not names or n in names}
+    sys.exit(0 if status.healthy(rows, desired) else 3)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import graphlib
 import json
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from orchestrator.model import ManifestSet
 
@@ -27,13 +27,18 @@ class Graph:
 
     @classmethod
     def of(cls, manifests: ManifestSet) -> Graph:
-        priority = {a.name: a.priority for a in manifests.agents}
-        deps = {a.name: tuple(a.depends_on) for a in manifests.agents}
+        return cls.of_edges({a.name: a.depends_on for a in manifests.agents}, {a.name: a.priority for a in manifests.agents})
+
+    @classmethod
+    def of_edges(cls, depends_on: Mapping[str, Iterable[str]], priority: Mapping[str, int] | None = None) -> Graph:
+        """The graph of `depends_on` (name -> dependencies); edges to names not in it are ignored."""
+        deps = {n: tuple(d for d in ds if d in depends_on) for n, ds in depends_on.items()}
+        priority = priority or {}
         sorter = graphlib.TopologicalSorter(deps)
         sorter.prepare()
         waves = []
         while sorter.is_active():
-            ready = sorted(sorter.get_ready(), key=lambda n: (priority[n], n))
+            ready = sorted(sorter.get_ready(), key=lambda n: (priority.get(n, 0), n))
             waves.append(tuple(ready))
             sorter.done(*ready)
         return cls(waves=tuple(waves), depends_on=deps)

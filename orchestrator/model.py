@@ -195,3 +195,45 @@ class ManifestSet:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.agents)
+
+
+# --- plain-data form, for versions on disk and the boot listener ---------------
+
+def to_plain(value: Any) -> Any:
+    """`value` (a model object) as JSON-ready data: dataclasses as dicts, tuples as lists."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {f: to_plain(getattr(value, f)) for f in value.__dataclass_fields__}
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def _tuple(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def agent_from_plain(data: Mapping[str, Any]) -> Agent:
+    """The Agent that `to_plain` turned into `data`."""
+    def probe(d: Mapping[str, Any] | None) -> Probe | None:
+        return None if d is None else Probe(**{**d, "exec": _tuple(d.get("exec"))})
+
+    resources = data["resources"]
+    restart = data["restart"]
+    return Agent(**{
+        **data,
+        "command": tuple(data["command"]),
+        "depends_on": tuple(data["depends_on"]),
+        "env": MappingProxyType(dict(data["env"])),
+        "vars": MappingProxyType(dict(data["vars"])),
+        "readiness": probe(data.get("readiness")),
+        "liveness": probe(data.get("liveness")),
+        "restart": RestartPolicy(**{**restart, "exit_codes": tuple(restart["exit_codes"])}),
+        "resources": Resources(**{**resources, "cpu_percent": Thresholds(**resources["cpu_percent"]),
+                                  "memory_mb": Thresholds(**resources["memory_mb"]),
+                                  "cpu_affinity": _tuple(resources.get("cpu_affinity"))}),
+        "sandbox": Sandbox(**data["sandbox"]),
+        "logs": Logs(**data["logs"]),
+        "source": Location(**data["source"]),
+    })

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import resources
@@ -31,6 +32,29 @@ from orchestrator.model import Agent, ManifestSet
 MAIN_CONFIG = "supervisord.conf"
 PROGRAMS_DIR = "programs"
 LOGS_DIR = "logs"
+LIVE_DIR = "current"         # the live version in the state directory (see history)
+LISTENER = "_orchestrator"   # orchestrator's own event listener; agent names cannot start with '_'
+# Every process orchestrator starts carries this variable, naming its state
+# directory: how orphans of a killed supervisord are found (and nothing else).
+MARKER = "ORCHESTRATOR_STATE_DIR"
+
+
+def launch_argv(agent: Agent) -> list[str]:
+    """The agent's command behind exec-only wrappers that keep its PID.
+
+    setpriv gives it a parent-death signal (TERM), so a supervisord killed with
+    SIGKILL does not leave it running, holding its port, beside a second copy;
+    nice, taskset and prlimit apply `resources` before the agent's own code runs.
+    """
+    argv = ["setpriv", "--pdeathsig", "TERM", "--"]
+    resources = agent.resources
+    if resources.nice is not None:
+        argv += ["nice", "-n", str(resources.nice)]
+    if resources.cpu_affinity:
+        argv += ["taskset", "--cpu-list", ",".join(map(str, resources.cpu_affinity))]
+    if resources.open_files is not None:
+        argv += ["prlimit", f"--nofile={resources.open_files}:{resources.open_files}", "--"]
+    return argv + list(agent.command)
 
 
 def template_dir() -> Path:
@@ -125,7 +149,7 @@ def socket_path(manifests: ManifestSet, state_dir: str | None = None) -> str:
 
 
 def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: Path | None = None,
-           single_file: bool = False) -> Rendering:
+           single_file: bool = False, python: str = sys.executable) -> Rendering:
     """The supervisord configuration for `manifests`, with paths inside `state_dir` (default: the set's own).
 
     `single_file` puts every program section in supervisord.conf itself instead
@@ -134,15 +158,19 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
     state = state_dir or manifests.state_dir
     env = environment(templates)
     project_dir = os.path.dirname(manifests.manifests_dir)
+    marker = {MARKER: state}
     common: dict[str, Any] = {"settings": manifests.settings, "state_dir": state,
-                              "manifests_dir": manifests.manifests_dir}
-    files = {MAIN_CONFIG: _render(env, "supervisord.conf.j2", common, None,
-                                  socket=socket_path(manifests, state), include_programs=not single_file)}
+                              "manifests_dir": manifests.manifests_dir, "marker_env": marker}
+    files = {MAIN_CONFIG: _render(
+        env, "supervisord.conf.j2", common, None, socket=socket_path(manifests, state), include_programs=not single_file,
+        programs_glob=os.path.join(state, LIVE_DIR, PROGRAMS_DIR, "*.conf"), listener=LISTENER,
+        listener_command=[python, "-m", "orchestrator.listener", "--state-dir", state])}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
         source = os.path.relpath(agent.source.file, manifests.manifests_dir) if agent.source.file else agent.name
         files[f"{PROGRAMS_DIR}/{agent.name}.conf"] = _render(
-            env, "program.conf.j2", common, agent, directory=directory, source=source,
+            env, "program.conf.j2", common, agent, directory=directory, source=source, launch=launch_argv(agent),
+            environment={**agent.env, **marker},
             log_base=os.path.join(state, LOGS_DIR, agent.name),
             # supervisord fills in each replica's number; written raw, not escaped
             replica_suffix="-%(process_num)d" if agent.replicas > 1 else "",

@@ -67,19 +67,21 @@ def test_rendering_is_byte_stable(name):
 def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_path):
     manifests = _load(name, state_dir=str(tmp_path))
     rendering = render.render(manifests)
-    rendering.write(str(tmp_path))
+    rendering.write(str(tmp_path / "current"))  # the live version, as history lays it out
+    (tmp_path / "supervisord.conf").symlink_to("current/supervisord.conf")
     (tmp_path / "logs").mkdir()
     options = ServerOptions()
     options.configfile = str(tmp_path / "supervisord.conf")
     options.process_config(do_usage=False)
-    groups = {g.name: g for g in options.process_group_configs}
+    groups = {g.name: g for g in options.process_group_configs if not g.name.startswith("_")}
     assert sorted(groups) == sorted(manifests.names)  # each agent is its own group
     for agent in manifests.agents:
         processes = groups[agent.name].process_configs
         assert len(processes) == agent.replicas
         for process in processes:
-            assert tuple(shlex.split(process.command)) == agent.command
-            assert process.environment == dict(agent.env)
+            assert shlex.split(process.command) == render.launch_argv(agent)
+            assert render.launch_argv(agent)[-len(agent.command):] == list(agent.command)
+            assert process.environment == {**agent.env, render.MARKER: manifests.state_dir}
             assert process.stopasgroup and process.killasgroup
             assert process.autostart is False
     servers = options.configroot.supervisord.server_configs
@@ -105,6 +107,14 @@ def test_a_socket_path_too_long_for_unix_sockets_is_a_manifest_error(manifest_se
     with pytest.raises(ManifestError) as caught:
         load(LoadOptions(str(manifests), state_dir="/tmp/" + "d" * 120))
     assert "longer than the 107 a unix socket allows" in str(caught.value)
+
+
+def test_resources_are_applied_by_exec_wrappers_that_keep_the_agents_pid():
+    agent = _load("default").agent("portfolio-tracker")
+    argv = render.launch_argv(agent)
+    assert argv[:4] == ["setpriv", "--pdeathsig", "TERM", "--"]
+    assert argv[4:7] == ["nice", "-n", "5"]
+    assert render.launch_argv(_load("default").agent("market-data"))[4:7] == ["prlimit", "--nofile=1024:1024", "--"]
 
 
 def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):

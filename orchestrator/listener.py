@@ -1,0 +1,103 @@
+"""orchestrator's event listener inside supervisord: boot-time sequencing.
+
+Owned here: the thin shell supervisord runs as `[eventlistener:_orchestrator]`.
+Its stdout carries only supervisord's event-listener protocol; everything it
+has to say goes to stderr (supervisord logs it to STATE/logs/_orchestrator.log).
+It never blocks supervisord: each event is acknowledged at once and any work
+runs in a thread of its own.
+
+When supervisord starts (SUPERVISOR_STATE_CHANGE_RUNNING: a reboot, a restart
+after a crash), it starts the live version's agents in dependency order, each
+once its dependencies are ready, exactly as apply would. If an apply (or `up`)
+holds the state directory's lock, that apply is in charge and the listener
+leaves the agents to it. Before starting anything it ends processes a
+previous, killed supervisord left behind, so no agent runs twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from typing import TextIO
+
+from supervisor import childutils
+
+from orchestrator import orphans
+from orchestrator.client import DOWN_STATES, Client, SupervisorError
+from orchestrator.errors import OrchestratorError
+from orchestrator.history import History
+from orchestrator.sequencer import Event, Sequencer
+
+
+def log(message: str, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+    stream.flush()
+
+
+def boot(state_dir: str, socket_path: str, *, supervisord_pid: int) -> None:
+    """Start every agent of the live version that is not running, in dependency order."""
+    history = History(state_dir)
+    with history.lock(wait=False) as mine:
+        if not mine:
+            log("an apply is in progress: it starts the agents")
+            return
+        current = history.current()
+        if current is None:
+            log("no version applied yet: nothing to start")
+            return
+        ended = orphans.sweep(state_dir, keep_tree_of=supervisord_pid, say=log)
+        if ended:
+            log(f"ended {len(ended)} process(es) left by a previous supervisord")
+        client = Client(socket_path)
+        groups: dict[str, list[str]] = {}
+        for process in client.processes():
+            groups.setdefault(process.group, []).append(process.state)
+        to_start = {name for name in current.agents if all(s in DOWN_STATES for s in groups.get(name, ["STOPPED"]))}
+        running = set(current.agents) - to_start
+        log(f"supervisord started: starting {len(to_start)} agent(s) in dependency order")
+        sequencer = Sequencer(client, current.agents, progress=lambda e: log(_describe(e)),
+                              cwd=os.path.dirname(current.path))
+        result = sequencer.run(to_start, verify=running)
+        if result.ok:
+            log(f"boot sequence complete: {len(result.outcomes)} agent(s) ready")
+        else:
+            for outcome in result.failed:
+                log(f"{outcome.agent} did not become ready: {outcome.detail}")
+            if result.blocked:
+                log(f"not started: {', '.join(result.blocked)}")
+
+
+def _describe(event: Event) -> str:
+    return f"[{event.elapsed:6.1f}s] {event.agent}: {event.kind}{' ' + event.detail if event.detail else ''}"
+
+
+def _boot_safely(state_dir: str, socket_path: str, supervisord_pid: int) -> None:
+    try:
+        boot(state_dir, socket_path, supervisord_pid=supervisord_pid)
+    except (OrchestratorError, SupervisorError, OSError) as exc:
+        log(f"boot sequence failed: {exc}")
+
+
+def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.listener")
+    parser.add_argument("--state-dir", required=True)
+    args = parser.parse_args(argv)
+    state_dir = os.path.abspath(args.state_dir)
+    from orchestrator.lifecycle import socket_of  # here: lifecycle pulls in apply, which the shell itself does not need
+
+    socket_path = socket_of(state_dir)
+    supervisord_pid = os.getppid()
+    while True:
+        headers, _payload = childutils.listener.wait(stdin, stdout)
+        if headers.get("eventname") == "SUPERVISOR_STATE_CHANGE_RUNNING":
+            threading.Thread(target=_boot_safely, args=(state_dir, socket_path, supervisord_pid),
+                             name="boot", daemon=True).start()
+        childutils.listener.ok(stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Finding and ending processes a killed supervisord left behind.
+
+Owned here: recognising our own processes by the marker variable every
+program orchestrator renders carries (`ORCHESTRATOR_STATE_DIR`, naming its
+state directory): never by name. Agents also get a parent-death signal (see
+`render.launch_argv`), so this sweep only has stragglers to find: children an
+agent forked into another process group, or an agent that ignores SIGTERM.
+
+Called by lifecycle (before supervisord starts, after it stops) and by the
+boot listener (before it starts agents), so a restarted supervisord never
+runs a second copy of an agent beside the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psutil
+
+from orchestrator.render import MARKER
+
+TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+def find(state_dir: str, *, keep_tree_of: int | None = None) -> list[psutil.Process]:
+    """Processes marked with `state_dir`, except `keep_tree_of` and its descendants (a live supervisord)."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get(MARKER) != state_dir:
+                continue
+            if keep_tree_of is not None and (process.pid == keep_tree_of or
+                                             any(parent.pid == keep_tree_of for parent in process.parents())):
+                continue
+            found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str], None] = lambda line: None) -> list[int]:
+    """End every orphan of `state_dir`: SIGTERM, then SIGKILL after TERM_GRACE; the PIDs ended."""
+    orphans = find(state_dir, keep_tree_of=keep_tree_of)
+    if not orphans:
+        return []
+    for process in orphans:
+        try:
+            say(f"ending orphan {process.pid} ({' '.join(process.cmdline())[:80]})")
+            process.terminate()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    _, alive = psutil.wait_procs(orphans, timeout=TERM_GRACE)
+    for process in alive:
+        try:
+            process.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(alive, timeout=TERM_GRACE)
+    return [p.pid for p in orphans]

@@ -1,0 +1,162 @@
+"""status: what runs, how it is doing, and whether it is what the live version wants.
+
+Owned here: one row per supervisord process of an agent, with the fields of
+`status --output json` (name, agent, state, pid, uptime_seconds, restarts,
+cpu_percent, memory_rss_bytes, health, ready), the text table, and the
+verdict (every desired agent RUNNING and ready, or not). CPU and memory cover
+each agent's whole process tree, sampled over a short interval with psutil.
+Called by the cli.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import psutil
+
+from orchestrator import probes
+from orchestrator.client import RUNNING, UP_STATES, Client, ProcessInfo
+from orchestrator.model import Agent
+
+CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
+CHECK_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    agent: str
+    state: str
+    pid: int | None
+    uptime_seconds: float
+    restarts: int
+    cpu_percent: float | None
+    memory_rss_bytes: int | None
+    health: str      # "ok", "failing: ...", "unknown" (no liveness probe), "-" (not running)
+    ready: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _sample(pids: list[int]) -> dict[int, tuple[float | None, int | None]]:
+    """CPU percent (of one core) and RSS of each pid's process tree."""
+    trees = {pid: _tree(pid) for pid in pids}
+    for tree in trees.values():
+        for process in tree:
+            try:
+                process.cpu_percent(None)
+            except psutil.Error:
+                pass
+    if trees:
+        time.sleep(CPU_SAMPLE)
+    figures: dict[int, tuple[float | None, int | None]] = {}
+    for pid, tree in trees.items():
+        cpu, rss, seen = 0.0, 0, False
+        for process in tree:
+            try:
+                cpu += process.cpu_percent(None)
+                rss += process.memory_info().rss
+                seen = True
+            except psutil.Error:
+                continue
+        figures[pid] = (round(cpu, 1), rss) if seen else (None, None)
+    return figures
+
+
+def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool]:
+    """(health, ready) of an agent whose processes are `processes`."""
+    if agent is None:
+        return "unknown", all(p.state == RUNNING for p in processes)
+    up = all(p.state in UP_STATES for p in processes)
+    if not up:
+        return "-", False
+    ready = all(p.state == RUNNING for p in processes)
+    if agent.readiness is not None:
+        ready = probes.check(agent.readiness, timeout=min(CHECK_TIMEOUT, agent.readiness.timeout)).ok
+    health = "unknown"
+    if agent.liveness is not None:
+        result = probes.check(agent.liveness, timeout=min(CHECK_TIMEOUT, agent.liveness.timeout))
+        health = "ok" if result.ok else f"failing: {result.detail}"
+    return health, ready
+
+
+def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None = None,
+            restarts: Mapping[str, int] | None = None) -> list[Row]:
+    """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT."""
+    by_group: dict[str, list[ProcessInfo]] = {}
+    for process in client.processes():
+        if not process.group.startswith("_"):
+            by_group.setdefault(process.group, []).append(process)
+    wanted = sorted(set(agents) | set(by_group)) if not names else list(names)
+    figures = _sample([p.pid for g in wanted for p in by_group.get(g, []) if p.pid])
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
+    rows = []
+    for group in wanted:
+        processes = by_group.get(group)
+        if not processes:
+            rows.append(Row(group, group, "ABSENT", None, 0.0, 0, None, None, "-", False))
+            continue
+        health, ready = checks[group]
+        for process in processes:
+            cpu, rss = figures.get(process.pid, (None, None))
+            name = process.name if process.name == group else f"{group}:{process.name}"
+            rows.append(Row(name, group, process.state, process.pid or None, process.uptime,
+                            (restarts or {}).get(name, 0), cpu, rss, health, ready and process.state in UP_STATES))
+    return rows
+
+
+def healthy(rows: list[Row], desired: Mapping[str, Agent]) -> bool:
+    """Every desired agent has all its processes RUNNING and ready."""
+    return all(r.state == RUNNING and r.ready for r in rows if r.agent in desired)
+
+
+_COLORS = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
+           "STOPPED": "red", "EXITED": "red", "FATAL": "red", "ABSENT": "red", "UNKNOWN": "red"}
+
+
+def _uptime(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024  # type: ignore[assignment]
+    return "-"  # pragma: no cover
+
+
+def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
+    """Rows as table cells, each with the color of its state."""
+    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH"]
+    lines: list[tuple[list[str], str | None]] = [(header, None)]
+    for row in rows:
+        cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}"
+        lines.append(([row.name, row.state, str(row.pid or "-"), _uptime(row.uptime_seconds), str(row.restarts), cpu,
+                       _bytes(row.memory_rss_bytes), "yes" if row.ready else "no", row.health], _COLORS.get(row.state)))
+    return lines

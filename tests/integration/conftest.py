@@ -1,0 +1,130 @@
+"""One fixture for every integration test: a project with a real supervisord in a temporary directory.
+
+`project` writes a manifest set, runs the real `orchestrator` command against
+it, and always tears down: `orchestrator down`, then whatever is still alive
+of the supervisord it started and of the processes marked with its state
+directory is ended (never anything else: nothing is killed by name).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from orchestrator import orphans
+
+TOY = Path(__file__).resolve().parent / "toy.py"
+ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, *, interval: float = 0.05, message: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
+        time.sleep(interval)
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifests = root / "manifests"
+        self.state = root / ".orchestrator"
+        self.log = root / "events.log"
+        (self.manifests / "agents").mkdir(parents=True)
+        (self.manifests / "orchestrator.yaml").write_text("project: test\n")
+
+    def write(self, rel: str, text: str) -> None:
+        path = self.manifests / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+
+    def remove(self, rel: str) -> None:
+        (self.manifests / rel).unlink()
+
+    def toy(self, name: str, port: int, *, depends_on: list[str] = (), delay: float = 0.0, extra: list[str] = (),
+            timeout: str = "10s", retries: int = 0) -> None:
+        """An agent running toy.py, ready once it listens on `port`."""
+        argv = [sys.executable, str(TOY), name, "--port", str(port), "--log", str(self.log), "--delay", str(delay), *extra]
+        command = ", ".join(f'"{a}"' for a in argv)
+        self.write(f"agents/{name}.yaml", f"""
+            name: {name}
+            command: [{command}]
+            depends_on: [{', '.join(depends_on)}]
+            readiness: {{tcp: "127.0.0.1:{port}", timeout: {timeout}, period: 50ms, retries: {retries}}}
+            stop_timeout: 5s
+        """)
+
+    def run(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([ORCHESTRATOR, "-m", str(self.manifests), *args], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "NO_COLOR": "1"}, stdin=subprocess.DEVNULL)
+        if check and done.returncode != 0:
+            raise AssertionError(f"orchestrator {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def events(self) -> list[tuple[str, str, float, int]]:
+        """(agent, start|ready|stop, time, pid) lines the toys wrote, in order."""
+        if not self.log.exists():
+            return []
+        rows = []
+        for line in self.log.read_text().splitlines():
+            name, what, when, pid = line.split()
+            rows.append((name, what, float(when), int(pid)))
+        return rows
+
+    def supervisord_pid(self) -> int | None:
+        try:
+            pid = int((self.state / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
+    def pids(self) -> dict[str, int]:
+        """Agent -> pid of its running process, from `status --output json`."""
+        import json
+        done = self.run("status", "--output", "json")
+        assert done.returncode in (0, 3), done.stderr
+        return {row["agent"]: row["pid"] for row in json.loads(done.stdout) if row["pid"]}
+
+    def teardown(self) -> None:
+        self.run("down", "--yes", timeout=120)
+        pid = self.supervisord_pid()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        orphans.sweep(str(self.state))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    instance = Project(tmp_path)
+    try:
+        yield instance
+    finally:
+        instance.teardown()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import psutil
 
 from orchestrator.render import MARKER
+import contextlib
 
 TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -51,9 +52,7 @@ def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str
             pass
     _, alive = psutil.wait_procs(orphans, timeout=TERM_GRACE)
     for process in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             process.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
     psutil.wait_procs(alive, timeout=TERM_GRACE)
     return [p.pid for p in orphans]

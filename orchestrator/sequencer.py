@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from orchestrator import probes
-from orchestrator.client import DOWN_STATES, RUNNING, UP_STATES, Client, ProcessInfo, SupervisorError
+from orchestrator.client import DOWN_STATES, RUNNING, Client, ProcessInfo, SupervisorError
 from orchestrator.model import Agent
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING

@@ -20,6 +20,7 @@ import psutil
 from orchestrator import probes
 from orchestrator.client import RUNNING, UP_STATES, Client, ProcessInfo
 from orchestrator.model import Agent
+import contextlib
 
 CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
 CHECK_TIMEOUT = 2.0
@@ -55,10 +56,8 @@ def _sample(pids: list[int]) -> dict[int, tuple[float | None, int | None]]:
     trees = {pid: _tree(pid) for pid in pids}
     for tree in trees.values():
         for process in tree:
-            try:
+            with contextlib.suppress(psutil.Error):
                 process.cpu_percent(None)
-            except psutil.Error:
-                pass
     if trees:
         time.sleep(CPU_SAMPLE)
     figures: dict[int, tuple[float | None, int | None]] = {}

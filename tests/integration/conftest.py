@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from orchestrator import orphans
+import contextlib
 
 TOY = Path(__file__).resolve().parent / "toy.py"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
@@ -114,10 +115,8 @@ class Project:
         self.run("down", "--yes", timeout=120)
         pid = self.supervisord_pid()
         if pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         orphans.sweep(str(self.state))
 
 

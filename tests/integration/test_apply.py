@@ -119,7 +119,7 @@ def test_a_priority_or_probe_change_is_applied_without_a_restart(project):
     project.run("up", check=True)
     before = project.pids()
     text = (project.manifests / "agents" / "feed.yaml").read_text()
-    project.write("agents/feed.yaml", text + "priority: 7\nliveness: {tcp: \"127.0.0.1:%d\"}\n" % port)
+    project.write("agents/feed.yaml", text + f"priority: 7\nliveness: {{tcp: \"127.0.0.1:{port}\"}}\n")
     plan = json.loads(project.run("plan", "--output", "json").stdout)
     assert plan["actions"] == [{"action": "update", "agent": "feed", "fields": ["priority", "liveness"], "reason": "no restart needed"}]
     project.run("apply", check=True)

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint system-deps clean
+.PHONY: demo demo-down test test-fast bench lint system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,16 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/orchestrator -m manifests validate
 	$(BIN)/orchestrator -m manifests graph
-	$(BIN)/orchestrator -m manifests render --out .orchestrator/rendered
+	$(BIN)/orchestrator -m manifests up
+	$(BIN)/orchestrator -m manifests status
 	@echo
-	@echo "The supervisord configuration is in .orchestrator/rendered/."
-	@echo "Try: $(BIN)/orchestrator graph --format mermaid, or break a manifest and run $(BIN)/orchestrator validate"
+	@echo "The five trading agents are running under supervisord (state, logs, socket: .orchestrator/)."
+	@echo "  see them:        $(BIN)/orchestrator status"
+	@echo "  their logs:      ls .orchestrator/logs/"
+	@echo "  stop everything: make demo-down   (or: $(BIN)/orchestrator down)"
+
+demo-down: $(STAMP)
+	$(BIN)/orchestrator -m manifests down --yes
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -118,16 +118,20 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
 
 
 def healthy(rows: list[Row], desired: Mapping[str, Agent]) -> bool:
-    """Every desired agent has all its processes RUNNING and ready."""
-    return all(r.state == RUNNING and r.ready for r in rows if r.agent in desired)
+    """Every desired agent has all its processes up and ready.
+
+    A process still STARTING (inside supervisord's startsecs) counts when its
+    readiness probe passes: that is what `apply` waited for.
+    """
+    return all(r.state in UP_STATES and r.ready for r in rows if r.agent in desired)
 
 
 _COLORS = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
            "STOPPED": "red", "EXITED": "red", "FATAL": "red", "ABSENT": "red", "UNKNOWN": "red"}
 
 
-def _uptime(seconds: float) -> str:
-    if not seconds:
+def _uptime(seconds: float, up: bool) -> str:
+    if not up:
         return "-"
     seconds = int(seconds)
     days, rest = divmod(seconds, 86400)
@@ -156,6 +160,6 @@ def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
     lines: list[tuple[list[str], str | None]] = [(header, None)]
     for row in rows:
         cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}"
-        lines.append(([row.name, row.state, str(row.pid or "-"), _uptime(row.uptime_seconds), str(row.restarts), cpu,
+        lines.append(([row.name, row.state, str(row.pid or "-"), _uptime(row.uptime_seconds, row.state in UP_STATES), str(row.restarts), cpu,
                        _bytes(row.memory_rss_bytes), "yes" if row.ready else "no", row.health], _COLORS.get(row.state)))
     return lines

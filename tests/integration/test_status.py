@@ -1,0 +1,76 @@
+"""status and plan as scripts and people read them, against a real supervisord."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+from tests.integration.conftest import free_ports, wait_until
+
+pytestmark = pytest.mark.integration
+
+FIELDS = {"name", "agent", "state", "pid", "uptime_seconds", "restarts", "cpu_percent", "memory_rss_bytes", "health", "ready"}
+
+
+def test_status_json_has_one_object_per_process_with_the_documented_fields(project):
+    ports = free_ports(2)
+    project.toy("feed", ports[0])
+    project.toy("calc", ports[1], depends_on=["feed"])
+    project.write("agents/pool.yaml", """
+        name: pool
+        command: ["sleep", "600"]
+        replicas: 2
+        min_uptime: 0s
+    """)
+    project.run("up", check=True)
+    done = project.run("status", "--output", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(done.stdout)
+    assert {r["name"] for r in rows} == {"feed", "calc", "pool:pool_0", "pool:pool_1"}
+    for row in rows:
+        assert set(row) == FIELDS
+        assert row["state"] in ("RUNNING", "STARTING") and row["ready"] is True and row["pid"] > 0
+        assert row["memory_rss_bytes"] > 0 and row["cpu_percent"] >= 0
+    only = json.loads(project.run("status", "--output", "json", "calc").stdout)
+    assert [r["agent"] for r in only] == ["calc"]
+
+
+def test_status_exits_3_when_a_desired_agent_is_down_and_names_it_in_the_table(project):
+    ports = free_ports(2)
+    project.toy("feed", ports[0])
+    project.toy("calc", ports[1], depends_on=["feed"])
+    project.run("up", check=True)
+    calc = project.pids()["calc"]
+    os.kill(calc, signal.SIGKILL)
+    wait_until(lambda: project.run("status").returncode == 3, 15, message="status to report calc down")
+    table = project.run("status").stdout
+    assert table.splitlines()[0].split()[:3] == ["AGENT", "STATE", "PID"]
+    line = next(line for line in table.splitlines() if line.startswith("calc"))
+    assert "RUNNING" not in line and " no " in f" {line} "
+
+
+def test_status_and_plan_say_plainly_when_supervisord_is_not_running(project):
+    project.toy("feed", free_ports(1)[0])
+    status = project.run("status")
+    assert status.returncode == 1 and "supervisord is not running" in status.stderr
+    plan = project.run("plan")
+    assert plan.returncode == 2
+    assert "supervisord is not running" in plan.stdout and "+ add      feed" in plan.stdout
+    apply = project.run("apply")
+    assert apply.returncode == 1 and "orchestrator up" in apply.stderr and "Traceback" not in apply.stderr
+
+
+def test_an_invalid_manifest_changes_nothing_that_runs(project):
+    ports = free_ports(2)
+    project.toy("feed", ports[0])
+    project.run("up", check=True)
+    before = project.pids()
+    project.write("agents/broken.yaml", "name: broken\ncommand: [sh]\nreplicas: 0\n")
+    done = project.run("apply")
+    assert done.returncode == 1
+    assert "agents/broken.yaml:3:11: replicas: got 0" in done.stderr
+    assert project.pids() == before
+    assert len(list((project.state / "history").iterdir())) == 1  # no version was recorded

@@ -55,6 +55,12 @@ class Version:
     agents: Mapping[str, Agent]
     programs: Mapping[str, str]
     main: str
+    manifests_dir: str = ""
+
+    @property
+    def project_dir(self) -> str:
+        """Where the agents' relative paths resolve (the manifests directory's parent)."""
+        return os.path.dirname(self.manifests_dir) if self.manifests_dir else self.path
 
     @property
     def label(self) -> str:
@@ -147,7 +153,8 @@ class History:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StateError(f"cannot read version {path}: {exc}") from exc
         return Version(number=meta["number"], path=path, created=meta["created"], message=meta.get("message", ""),
-                       env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main)
+                       env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main,
+                       manifests_dir=meta.get("manifests_dir", ""))
 
     def record(self, manifests: ManifestSet, rendering: Rendering, *, message: str = "") -> Version:
         """Write a new version and make it live (the caller holds the lock)."""

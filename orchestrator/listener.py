@@ -60,7 +60,7 @@ def boot(state_dir: str, socket_path: str, *, supervisord_pid: int) -> None:
         running = set(current.agents) - to_start
         log(f"supervisord started: starting {len(to_start)} agent(s) in dependency order")
         sequencer = Sequencer(client, current.agents, progress=lambda e: log(_describe(e)),
-                              cwd=os.path.dirname(current.path))
+                              cwd=current.project_dir)
         result = sequencer.run(to_start, verify=running)
         if result.ok:
             log(f"boot sequence complete: {len(result.outcomes)} agent(s) ready")

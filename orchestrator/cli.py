@@ -231,7 +231,13 @@ def _finish(report: ApplyReport, manifests: ManifestSet) -> None:
     if report.version is not None:
         click.echo(f"Applied as version {report.version.number}.")
     if report.start is not None:
-        click.echo(click.style(f"All {len(manifests.agents)} agents are running and ready.", fg="green"))
+        started = [o.agent for o in report.start.outcomes.values() if not o.verified_only]
+        others = len(manifests.agents) - len(started)
+        if not others:
+            click.echo(click.style(f"All {len(started)} agents are running and ready.", fg="green"))
+        else:
+            click.echo(click.style(f"Started {len(started)} agent{'s' if len(started) != 1 else ''}, all ready; "
+                                   f"{others} other{'s' if others != 1 else ''} left as they were.", fg="green"))
 
 
 @cli.command("plan")

@@ -54,3 +54,114 @@ def run(argv: Sequence[str]) -> None:
     done = subprocess.run(list(argv), capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+
+# Helpers for the benchmarks that run a real supervisord (bench_apply, bench_noop).
+
+LISTENER = """\
+import signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+time.sleep(float(sys.argv[2]))
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(64)
+while True:
+    server.accept()[0].close()
+"""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1 (each bound to port 0 while all are held)."""
+    import socket
+    held = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _deps(index: int, per_level: int, prefix: str) -> list[str]:
+    """1 to 3 agents of the level before index's (the same pattern as dag_set)."""
+    level = index // per_level
+    if not level:
+        return []
+    start = (level - 1) * per_level
+    return sorted({f"{prefix}-{start + (index * k) % per_level:04d}" for k in (1, 3, 7)})
+
+
+def _write_set(root: Path, bodies: list[str]) -> Path:
+    manifests = root / "manifests"
+    (manifests / "agents").mkdir(parents=True, exist_ok=True)
+    (manifests / "templates").mkdir(exist_ok=True)
+    (manifests / "orchestrator.yaml").write_text("project: bench\n")
+    for index, body in enumerate(bodies):
+        (manifests / "agents" / f"a-{index:04d}.yaml").write_text(body)
+    return manifests
+
+
+def listening_dag_set(root: Path, *, ports: Sequence[int], levels: int, delay: float, python: str) -> Path:
+    """One agent per port in `levels` levels: it sleeps `delay` s, then listens; ready when its port accepts."""
+    program = root / "listener.py"
+    program.write_text(LISTENER)
+    per_level = len(ports) // levels
+    bodies = []
+    for index, port in enumerate(ports):
+        bodies.append(
+            f"name: a-{index:04d}\n"
+            f"command: [\"{python}\", \"{program}\", \"{port}\", \"{delay}\"]\n"
+            f"depends_on: [{', '.join(_deps(index, per_level, 'a'))}]\n"
+            f"readiness: {{tcp: \"127.0.0.1:{port}\", timeout: 60s, period: 50ms}}\n"
+            "min_uptime: 0s\nstop_timeout: 5s\n")
+    return _write_set(root, bodies)
+
+
+def sleeping_dag_set(root: Path, *, agents: int, levels: int, sleep: str) -> Path:
+    """`agents` agents running `sleep 3600` in `levels` levels, no readiness probe, RUNNING at once."""
+    per_level = agents // levels
+    return _write_set(root, [
+        f"name: a-{index:04d}\ncommand: [\"{sleep}\", \"3600\"]\n"
+        f"depends_on: [{', '.join(_deps(index, per_level, 'a'))}]\nmin_uptime: 0s\nstop_timeout: 5s\n"
+        for index in range(agents)])
+
+
+def check(argv: Sequence[str], *, ok: Sequence[int] = (0,), timeout: float = 300) -> str:
+    """Run argv; its stdout, or exit with its output when its code is not in `ok`."""
+    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if done.returncode not in ok:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def stop_everything(orchestrator: str, manifests: Path, state_dir: str) -> None:
+    """`down --yes`; then SIGKILL a supervisord still alive, and sweep what it left. Never by name."""
+    import contextlib
+    import os
+    import signal
+    from orchestrator import orphans
+    with contextlib.suppress(Exception):
+        subprocess.run([orchestrator, "-m", str(manifests), "down", "--yes"],
+                       capture_output=True, text=True, timeout=120)
+    with contextlib.suppress(Exception):
+        import psutil
+        pid = int(Path(state_dir, "supervisord.pid").read_text().strip())
+        # The pid file may outlive its supervisord: kill only the process it names if that one runs our config.
+        if any(state_dir in arg for arg in psutil.Process(pid).cmdline()):
+            os.kill(pid, signal.SIGKILL)
+    orphans.sweep(state_dir)
+
+
+def terminate_as_interrupt() -> None:
+    """Turn SIGTERM into SystemExit, so `finally` blocks clean up on kill as on Ctrl-C."""
+    import signal
+    import sys
+
+    def _exit(signum: int, frame: object) -> None:
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

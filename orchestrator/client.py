@@ -176,6 +176,9 @@ class Client:
     def remove_group(self, name: str) -> None:
         self._call("supervisor.removeProcessGroup", name)
 
+    def start_process(self, full_name: str, *, wait: bool = False) -> None:
+        self._call("supervisor.startProcess", full_name, wait)
+
     def start_group(self, name: str, *, wait: bool = False) -> None:
         self._call("supervisor.startProcessGroup", name, wait)
 

@@ -1,10 +1,11 @@
-"""orchestrator's event listener inside supervisord: boot-time sequencing.
+"""orchestrator's event listener inside supervisord: boot-time sequencing and restart policies.
 
 Owned here: the thin shell supervisord runs as `[eventlistener:_orchestrator]`.
 Its stdout carries only supervisord's event-listener protocol; everything it
 has to say goes to stderr (supervisord logs it to STATE/logs/_orchestrator.log).
 It never blocks supervisord: each event is acknowledged at once and any work
-runs in a thread of its own.
+runs in a thread of its own (process-state events go to the restart keeper,
+`restarts.Keeper`).
 
 When supervisord starts (SUPERVISOR_STATE_CHANGE_RUNNING: a reboot, a restart
 after a crash), it starts the live version's agents in dependency order, each
@@ -29,6 +30,7 @@ from orchestrator import orphans
 from orchestrator.client import DOWN_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
 from orchestrator.history import History
+from orchestrator.restarts import Keeper
 from orchestrator.sequencer import Event, Sequencer
 
 
@@ -91,11 +93,16 @@ def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: Te
 
     socket_path = socket_of(state_dir)
     supervisord_pid = os.getppid()
+    keeper = Keeper(state_dir, Client(socket_path), log=log)
+    keeper.start()
     while True:
-        headers, _payload = childutils.listener.wait(stdin, stdout)
-        if headers.get("eventname") == "SUPERVISOR_STATE_CHANGE_RUNNING":
+        headers, payload = childutils.listener.wait(stdin, stdout)
+        event = headers.get("eventname", "")
+        if event == "SUPERVISOR_STATE_CHANGE_RUNNING":
             threading.Thread(target=_boot_safely, args=(state_dir, socket_path, supervisord_pid),
                              name="boot", daemon=True).start()
+        elif event.startswith("PROCESS_STATE_"):
+            keeper.submit(event, childutils.get_headers(payload))
         childutils.listener.ok(stdout)
 
 

@@ -130,12 +130,12 @@ def sleeping_dag_set(root: Path, *, agents: int, levels: int, sleep: str) -> Pat
         for index in range(agents)])
 
 
-def check(argv: Sequence[str], *, ok: Sequence[int] = (0,), timeout: float = 300) -> str:
-    """Run argv; its stdout, or exit with its output when its code is not in `ok`."""
+def check(argv: Sequence[str], *, ok: Sequence[int] = (0,), timeout: float = 300, stderr_too: bool = False) -> str:
+    """Run argv; its stdout (then its stderr if `stderr_too`), or exit with its output when its code is not in `ok`."""
     done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if done.returncode not in ok:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    return done.stdout
+    return done.stdout + done.stderr if stderr_too else done.stdout
 
 
 def stop_everything(orchestrator: str, manifests: Path, state_dir: str) -> None:

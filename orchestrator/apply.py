@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from orchestrator import render
+from orchestrator import render, runtime
 from orchestrator.client import DOWN_STATES, Client, NotRunningError, SupervisorError
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import Graph
@@ -135,6 +135,13 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
     """apply's work, for a caller that holds the state directory's lock and knows supervisord runs."""
     result, rendering = compute(manifests, client)
     report = ApplyReport(plan=result)
+    if result.of_kind("add", "replace", "start"):
+        runtime.refuse_if_latched(manifests.state_dir)
+    edited = result.names("add", "replace", "update")
+    if edited:  # a changed manifest clears a given-up agent
+        with runtime.changing(manifests.state_dir) as live:
+            for name in edited:
+                live.agents[name] = live.agent(name).cleared()
     previous = history.current()
     if result.changes_config or previous is None:
         report.version = history.record(manifests, rendering, message=message)

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import click
 
-from orchestrator import __version__, graph, lifecycle, render, schema, status
+from orchestrator import __version__, control, graph, lifecycle, render, runtime, schema, status
 from orchestrator.apply import ApplyError, ApplyReport, apply, client_for, compute
 from orchestrator.client import Client
 from orchestrator.errors import Diagnostic, ManifestError, OrchestratorError, display_path
@@ -345,7 +345,11 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     client = Client(lifecycle.socket_of(state_dir))
     if not client.is_running():
         raise OrchestratorError(f"supervisord is not running for {display_path(state_dir)} (start it with `orchestrator up`)")
-    rows = status.collect(client, agents, list(names) or None)
+    live = runtime.load(state_dir)
+    rows = status.collect(client, agents, list(names) or None, histories=live.agents)
+    if live.latch is not None and output != "json":
+        click.echo(click.style(f"{runtime.describe_latch(live.latch)}; clear it with `orchestrator emergency-clear`",
+                               fg="red", bold=True), err=True)
     if output == "json":
         click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
@@ -357,6 +361,147 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
                        click.style(text, fg=color))
     desired = {n: a for n, a in agents.items() if not names or n in names}
     sys.exit(0 if status.healthy(rows, desired) else 3)
+
+
+class _Live:
+    """The live state directory, its agents' order, and a client of its supervisord."""
+
+    def __init__(self, options: Options) -> None:
+        self.state_dir = options.state_dir_only()
+        self.client = Client(lifecycle.socket_of(self.state_dir))
+        if not self.client.is_running():
+            raise OrchestratorError(f"supervisord is not running for {display_path(self.state_dir)} "
+                                    "(start it with `orchestrator up`)")
+        current = History(self.state_dir).current()
+        self.agents = dict(current.agents) if current else {}
+        self.graph = graph.Graph.of_edges({n: a.depends_on for n, a in self.agents.items()},
+                                          {n: a.priority for n, a in self.agents.items()})
+
+    def progress(self) -> Any:
+        total = len(self.graph.waves)
+
+        def show(event: Event) -> None:
+            wave = self.graph.wave_of(event.agent) + 1 if event.agent in self.graph.depends_on else 0
+            detail = f"  {event.detail}" if event.detail else ""
+            click.echo(f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}", err=True)
+
+        return show
+
+
+def _confirm_stop(what: str, yes: bool) -> None:
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"This stops {what}. Continue?", abort=True, err=True)
+
+
+def _started(result: Any) -> None:
+    if not result.ok:
+        lines = [f"{o.agent} did not become ready: {o.detail}" for o in result.failed]
+        if result.blocked:
+            lines.append(f"not started: {', '.join(result.blocked)}")
+        raise OrchestratorError("start failed:\n" + "\n".join(lines))
+    started = [o.agent for o in result.outcomes.values() if not o.verified_only]
+    click.echo(f"Started {', '.join(started)}; all ready." if started else "Already running and ready.")
+
+
+def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool) -> None:
+    live = _Live(options)
+    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, progress=live.progress()))
+
+
+def _stop(options: Options, names: tuple[str, ...] | None, no_deps: bool, yes: bool) -> list[str]:
+    live = _Live(options)
+    _confirm_stop(", ".join(names) + ("" if no_deps else " and whatever depends on them") if names else "every agent", yes)
+    stopped = control.stop(live.state_dir, live.client, names, no_deps=no_deps, say=_say)
+    click.echo(f"Stopped {', '.join(stopped)}." if stopped else "Nothing to stop.")
+    return stopped
+
+
+_NO_DEPS = click.option("--no-deps", is_flag=True, help="Only the agents named: not their dependencies (start) "
+                                                        "or dependents (stop).")
+_YES = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
+@cli.command("start")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@click.pass_obj
+def start_command(options: Options, names: tuple[str, ...], no_deps: bool) -> None:
+    """Start agents, their dependencies first, each once what it needs is ready.
+
+    A given-up agent is cleared by a manual start. Refused while an
+    emergency stop is latched.
+    """
+    _start(options, names, no_deps)
+
+
+@cli.command("stop")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@_YES
+@click.pass_obj
+def stop_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: bool) -> None:
+    """Stop agents, whatever depends on them first (each level in parallel)."""
+    _stop(options, names, no_deps, yes)
+
+
+@cli.command("restart")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@_YES
+@click.pass_obj
+def restart_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: bool) -> None:
+    """Stop, then start agents (and, unless --no-deps, what depends on them), in order."""
+    stopped = _stop(options, names, no_deps, yes)
+    _start(options, tuple(stopped), True)
+
+
+@cli.command("start-all")
+@click.pass_obj
+def start_all_command(options: Options) -> None:
+    """Start every agent of the live version in dependency order."""
+    _start(options, None, False)
+
+
+@cli.command("stop-all")
+@_YES
+@click.pass_obj
+def stop_all_command(options: Options, yes: bool) -> None:
+    """Stop every agent, dependents first, each level in parallel (supervisord keeps running)."""
+    _stop(options, None, False, yes)
+
+
+@cli.command("restart-all")
+@_YES
+@click.pass_obj
+def restart_all_command(options: Options, yes: bool) -> None:
+    """Stop every agent in reverse dependency order, then start them all in order."""
+    _stop(options, None, False, yes)
+    _start(options, None, False)
+
+
+@cli.command("emergency-stop")
+@click.option("--reason", default="", help="Recorded with the latch and shown by status.")
+@_YES
+@click.pass_obj
+def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
+    """Kill every agent now: SIGTERM to every process group at once, SIGKILL after 3 s.
+
+    No ordering. It latches: nothing restarts automatically, and apply and
+    start refuse, until `orchestrator emergency-clear`.
+    """
+    live = _Live(options)
+    _confirm_stop("EVERY agent at once, with no ordering", yes)
+    ended = control.emergency_stop(live.state_dir, live.client, reason=reason, say=_say)
+    click.echo(click.style(f"Emergency stop: {ended} process(es) ended; latched until `orchestrator emergency-clear`.",
+                           fg="red", bold=True))
+
+
+@cli.command("emergency-clear")
+@click.pass_obj
+def emergency_clear_command(options: Options) -> None:
+    """Lift the emergency-stop latch. Agents stay stopped: start them with start-all or apply."""
+    latch = control.emergency_clear(options.state_dir_only())
+    click.echo(f"Cleared: {runtime.describe_latch(latch)}." if latch else "No emergency stop was latched.")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

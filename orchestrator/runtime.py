@@ -11,10 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from orchestrator.errors import OrchestratorError
 from orchestrator.history import write_atomically
 from orchestrator.policies import AgentHistory
 
@@ -36,6 +38,21 @@ class RuntimeState:
 
     def agent(self, name: str) -> AgentHistory:
         return self.agents.get(name, AgentHistory())
+
+
+class LatchedError(OrchestratorError):
+    """The emergency stop is latched: nothing starts until it is cleared."""
+
+
+def describe_latch(latch: Latch) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(latch.since))
+    return f"emergency stop latched since {when} ({latch.reason or 'no reason given'})"
+
+
+def refuse_if_latched(state_dir: str) -> None:
+    latch = load(state_dir).latch
+    if latch is not None:
+        raise LatchedError(f"{describe_latch(latch)}: nothing starts until `orchestrator emergency-clear`")
 
 
 def _decode(data: dict[str, object]) -> RuntimeState:

@@ -20,6 +20,7 @@ import psutil
 from orchestrator import probes
 from orchestrator.client import RUNNING, UP_STATES, Client, ProcessInfo
 from orchestrator.model import Agent
+from orchestrator.policies import AgentHistory
 import contextlib
 
 CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
@@ -38,6 +39,10 @@ class Row:
     memory_rss_bytes: int | None
     health: str      # "ok", "failing: ...", "unknown" (no liveness probe), "-" (not running)
     ready: bool
+    restarts_in_window: int = 0           # failed attempts inside the restart policy's window
+    given_up: bool = False
+    next_restart_in: float | None = None  # seconds, while backing off
+    reason: str = ""                      # why it last exited, or was given up
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -92,7 +97,7 @@ def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool
 
 
 def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None = None,
-            restarts: Mapping[str, int] | None = None) -> list[Row]:
+            histories: Mapping[str, AgentHistory] | None = None, now: float | None = None) -> list[Row]:
     """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes():
@@ -103,17 +108,24 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
     rows = []
+    now = time.time() if now is None else now
     for group in wanted:
+        history = (histories or {}).get(group, AgentHistory())
+        policy = {"restarts": history.restarts, "restarts_in_window": len(history.failures), "given_up": history.given_up,
+                  "next_restart_in": None if history.next_restart_at is None else round(max(0.0, history.next_restart_at - now), 1),
+                  "reason": history.reason}
         processes = by_group.get(group)
         if not processes:
-            rows.append(Row(group, group, "ABSENT", None, 0.0, 0, None, None, "-", False))
+            rows.append(Row(group, group, "ABSENT", None, 0.0, cpu_percent=None, memory_rss_bytes=None, health="-",
+                            ready=False, **policy))  # type: ignore[arg-type]
             continue
         health, ready = checks[group]
         for process in processes:
             cpu, rss = figures.get(process.pid, (None, None))
             name = process.name if process.name == group else f"{group}:{process.name}"
-            rows.append(Row(name, group, process.state, process.pid or None, process.uptime,
-                            (restarts or {}).get(name, 0), cpu, rss, health, ready and process.state in UP_STATES))
+            state = "GIVEN UP" if history.given_up and process.state not in UP_STATES else process.state
+            rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,
+                            health=health, ready=ready and process.state in UP_STATES, **policy))  # type: ignore[arg-type]
     return rows
 
 
@@ -126,7 +138,7 @@ def healthy(rows: list[Row], desired: Mapping[str, Agent]) -> bool:
     return all(r.state in UP_STATES and r.ready for r in rows if r.agent in desired)
 
 
-_COLORS = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
+_COLORS = {"GIVEN UP": "red", "RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
            "STOPPED": "red", "EXITED": "red", "FATAL": "red", "ABSENT": "red", "UNKNOWN": "red"}
 
 
@@ -156,10 +168,14 @@ def _bytes(value: int | None) -> str:
 
 def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
     """Rows as table cells, each with the color of its state."""
-    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH"]
+    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH", "NOTE"]
     lines: list[tuple[list[str], str | None]] = [(header, None)]
     for row in rows:
         cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}"
-        lines.append(([row.name, row.state, str(row.pid or "-"), _uptime(row.uptime_seconds, row.state in UP_STATES), str(row.restarts), cpu,
-                       _bytes(row.memory_rss_bytes), "yes" if row.ready else "no", row.health], _COLORS.get(row.state)))
+        restarts = f"{row.restarts} ({row.restarts_in_window} now)" if row.restarts_in_window else str(row.restarts)
+        note = (f"restart in {row.next_restart_in:g}s" if row.next_restart_in is not None
+                else row.reason if row.given_up or row.state not in UP_STATES else "")
+        uptime = _uptime(row.uptime_seconds, row.state in UP_STATES)
+        lines.append(([row.name, row.state, str(row.pid or "-"), uptime, restarts, cpu, _bytes(row.memory_rss_bytes),
+                       "yes" if row.ready else "no", row.health, note], _COLORS.get(row.state)))
     return lines

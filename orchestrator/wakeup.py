@@ -16,6 +16,7 @@ Only supervisord imports this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import Any
@@ -34,10 +35,8 @@ class _Waker:
         asyncore.socket_map[self.read_fd] = self
 
     def wake(self, event: object = None) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):  # the pipe is full: supervisord is awake already
             os.write(self.write_fd, b"!")
-        except BlockingIOError:
-            pass  # the pipe is full: supervisord is awake already
 
     # the dispatcher interface supervisord's loop calls
     def readable(self) -> bool:

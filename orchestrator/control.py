@@ -1,0 +1,150 @@
+"""Control commands: start, stop, restart, their -all forms, and the emergency stop.
+
+Owned here: acting on running agents by hand, in dependency order. start
+brings an agent's dependencies up first (each ready before the next starts),
+stop takes its dependents down first, each level in parallel; `no_deps`
+limits either to the names given. A manual start clears a given-up agent.
+
+The emergency stop is the exception to every ordering: every agent's whole
+process group gets SIGTERM at once, SIGKILL after a short deadline, and a
+latch is set (in the runtime state, so it survives everything) under which
+nothing restarts automatically and apply and start refuse, until
+`emergency_clear`. Called by the cli.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+
+import psutil
+
+from orchestrator import runtime
+from orchestrator.apply import stop_in_order
+from orchestrator.client import UP_STATES, Client
+from orchestrator.errors import OrchestratorError
+from orchestrator.graph import Graph
+from orchestrator.history import History
+from orchestrator.model import Agent
+from orchestrator.sequencer import Event, Result, Sequencer
+
+EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
+
+
+def _live(state_dir: str) -> Mapping[str, Agent]:
+    current = History(state_dir).current()
+    if current is None:
+        raise OrchestratorError(f"nothing has been applied in {state_dir} yet (run `orchestrator up`)")
+    return current.agents
+
+
+def _check(names: Iterable[str], agents: Mapping[str, Agent]) -> list[str]:
+    names = list(names)
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(agents))})")
+    return names
+
+
+def _graph(agents: Mapping[str, Agent]) -> Graph:
+    return Graph.of_edges({n: a.depends_on for n, a in agents.items()}, {n: a.priority for n, a in agents.items()})
+
+
+def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
+          progress: Callable[[Event], None] = lambda e: None) -> Result:
+    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
+    runtime.refuse_if_latched(state_dir)
+    agents = _live(state_dir)
+    chosen = _check(names if names is not None else agents, agents)
+    graph = _graph(agents)
+    wanted = set(chosen)
+    if not no_deps:
+        for name in chosen:
+            wanted.update(graph.dependencies(name))
+    with runtime.changing(state_dir) as live:
+        for name in chosen:
+            live.agents[name] = live.agent(name).cleared()
+    up = {p.group for p in client.processes() if p.state in UP_STATES}
+    to_start = {n for n in wanted if n not in up}
+    verify = {n for n in wanted if n in up}
+    return Sequencer(client, agents, progress=progress).run(to_start, verify=verify)
+
+
+def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
+         say: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Stop `names` (all agents when None), their dependents first; the agents stopped."""
+    agents = _live(state_dir)
+    chosen = _check(names if names is not None else agents, agents)
+    graph = _graph(agents)
+    wanted = set(chosen)
+    if not no_deps:
+        for name in chosen:
+            wanted.update(graph.dependents(name))
+    with runtime.changing(state_dir) as live:
+        for name in wanted:
+            live.agents[name] = replace(live.agent(name), next_restart_at=None)
+    failures = stop_in_order(client, wanted, {n: a.depends_on for n, a in agents.items()},
+                             progress=lambda agent, what: say(f"  {agent}: {what}"))
+    if failures:
+        raise OrchestratorError("; ".join(f"{n} could not be stopped: {why}" for n, why in sorted(failures.items())))
+    return [n for n in graph.stop_order if n in wanted]
+
+
+def emergency_stop(state_dir: str, client: Client, *, reason: str = "", deadline: float = EMERGENCY_DEADLINE,
+                   say: Callable[[str], None] = lambda line: None) -> int:
+    """Latch, then end every agent's process group at once; the number of processes ended."""
+    with runtime.changing(state_dir) as live:
+        live.latch = runtime.Latch(since=time.time(), reason=reason)
+        for name in list(live.agents):
+            live.agents[name] = replace(live.agent(name), next_restart_at=None)
+    victims: dict[int, psutil.Process] = {}
+    groups: set[int] = set()
+    for process in client.processes():
+        if process.group.startswith("_") or not process.pid:
+            continue
+        try:
+            root = psutil.Process(process.pid)
+            for member in [root, *root.children(recursive=True)]:
+                victims[member.pid] = member
+            groups.add(os.getpgid(process.pid))
+        except (psutil.Error, ProcessLookupError):
+            continue
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    for member in victims.values():  # children that left the agent's process group
+        _signal(member, signal.SIGTERM)
+    say(f"SIGTERM sent to {len(victims)} process(es) of {len(groups)} agent process group(s)")
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=deadline)
+    if alive:
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for member in alive:
+            _signal(member, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=deadline)
+        say(f"SIGKILL sent to {len(alive)} process(es) still alive after {deadline:g}s")
+    return len(victims)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _signal(process: psutil.Process, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
+        pass
+
+
+def emergency_clear(state_dir: str) -> runtime.Latch | None:
+    """Lift the latch; the agents stay stopped until started. The latch that was lifted, if any."""
+    with runtime.changing(state_dir) as live:
+        latch, live.latch = live.latch, None
+    return latch

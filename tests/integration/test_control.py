@@ -1,0 +1,112 @@
+"""start, stop, restart and the emergency stop against a real supervisord."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import psutil
+import pytest
+
+from tests.integration.conftest import Project, free_ports, wait_until
+from tests.integration.test_restarts import _crasher, _times
+
+pytestmark = pytest.mark.integration
+
+
+def _chain(project: Project) -> None:
+    ports = free_ports(3)
+    project.toy("feed", ports[0])
+    project.toy("calc", ports[1], depends_on=["feed"])
+    project.toy("report", ports[2], depends_on=["calc"])
+
+
+def _states(project: Project) -> dict[str, str]:
+    """Agent -> state, with STARTING (inside supervisord's startsecs, already ready) counted as RUNNING."""
+    rows = json.loads(project.run("status", "--output", "json").stdout)
+    return {row["agent"]: "RUNNING" if row["state"] == "STARTING" else row["state"] for row in rows}
+
+
+def test_stop_takes_dependents_down_first_and_start_brings_dependencies_up_first(project):
+    _chain(project)
+    project.run("up", check=True)
+    mark = time.time()
+    done = project.run("stop", "calc", "--yes", check=True)
+    assert "Stopped report, calc." in done.stdout
+    assert _states(project) == {"feed": "RUNNING", "calc": "STOPPED", "report": "STOPPED"}
+    stops = {name: when for name, what, when, _ in project.events() if what == "stop" and when > mark}
+    assert stops["report"] <= stops["calc"]
+
+    project.run("stop", "feed", "--yes", check=True)
+    mark = time.time()
+    project.run("start", "report", check=True)
+    events = [e for e in project.events() if e[2] > mark]
+    start = {n: w for n, what, w, _ in events if what == "start"}
+    ready = {n: w for n, what, w, _ in events if what == "ready"}
+    assert start["calc"] >= ready["feed"] and start["report"] >= ready["calc"]
+    assert set(_states(project).values()) == {"RUNNING"}
+
+
+def test_no_deps_limits_a_stop_to_the_agents_named(project):
+    _chain(project)
+    project.run("up", check=True)
+    project.run("stop", "calc", "--no-deps", "--yes", check=True)
+    assert _states(project) == {"feed": "RUNNING", "calc": "STOPPED", "report": "RUNNING"}
+
+
+def test_a_manual_start_clears_a_given_up_agent(project):
+    log = _crasher(project, "crasher", "{policy: immediate, max_attempts: 2}")
+    project.run("up")
+    wait_until(lambda: json.loads((project.state / "runtime.json").read_text())["agents"]["crasher"]["given_up"]
+               if (project.state / "runtime.json").exists() else False, 20, message="the agent to be given up")
+    rows = json.loads(project.run("status", "--output", "json").stdout)
+    assert rows[0]["state"] == "GIVEN UP" and rows[0]["given_up"] is True
+    assert "GIVEN UP" in project.run("status").stdout
+    starts = len(_times(log, "start"))
+    project.run("start", "crasher")
+    wait_until(lambda: len(_times(log, "start")) >= starts + 2, 20, message="restarts after the manual start")
+    assert len(_times(log, "start")) >= starts + 2  # the manual start, then an automatic restart again
+
+
+FORKER = ["sh", "-c", "sleep 600 & setsid sleep 600 & sleep 600 & wait"]
+
+
+def test_emergency_stop_ends_every_process_at_once_and_nothing_restarts_until_cleared(project):
+    command = ", ".join(f'"{a}"' for a in FORKER)
+    for index in range(50):
+        project.write(f"agents/a{index:02d}.yaml", f"""
+            name: a{index:02d}
+            command: [{command}]
+            min_uptime: 0s
+            stop_timeout: 1s
+            restart: {{policy: immediate, max_attempts: 100}}
+        """)
+    project.run("up", check=True)
+    pids = project.pids()
+    assert len(pids) == 50
+    tree = set()
+    for pid in pids.values():
+        wait_until(lambda pid=pid: len(psutil.Process(pid).children()) == 3, 10, message="the agent's children")
+        tree.update([pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))])
+    assert len(tree) == 200
+    started = time.monotonic()
+    done = project.run("emergency-stop", "--reason", "drill", "--yes")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+
+    def alive() -> list[int]:
+        return [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+    assert alive() == [] and took < 10
+    time.sleep(2)  # an immediate restart would have happened by now
+    rows = json.loads(project.run("status", "--output", "json").stdout)
+    assert all(r["pid"] is None for r in rows), [r for r in rows if r["pid"]]
+    status = project.run("status")
+    assert status.returncode == 3 and "emergency stop latched" in status.stderr and "(drill)" in status.stderr
+    refused = project.run("start", "a00")
+    assert refused.returncode == 1 and "emergency stop latched" in refused.stderr
+    assert project.run("apply").returncode == 1
+
+    assert "Cleared" in project.run("emergency-clear", check=True).stdout
+    project.run("start-all", check=True)
+    assert len(project.pids()) == 50

@@ -30,6 +30,7 @@ from orchestrator.graph import Graph
 from orchestrator.history import History
 from orchestrator.model import Agent
 from orchestrator.sequencer import Event, Result, Sequencer
+import contextlib
 
 EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
 
@@ -130,17 +131,13 @@ def emergency_stop(state_dir: str, client: Client, *, reason: str = "", deadline
 
 
 def _signal_group(pgid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _signal(process: psutil.Process, signum: int) -> None:
-    try:
+    with contextlib.suppress(psutil.Error):
         process.send_signal(signum)
-    except psutil.Error:
-        pass
 
 
 def emergency_clear(state_dir: str) -> runtime.Latch | None:

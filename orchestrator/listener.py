@@ -30,6 +30,7 @@ from orchestrator import orphans
 from orchestrator.client import DOWN_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
 from orchestrator.history import History
+from orchestrator.monitor import LivenessMonitor
 from orchestrator.restarts import Keeper
 from orchestrator.sequencer import Event, Sequencer
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: Te
     supervisord_pid = os.getppid()
     keeper = Keeper(state_dir, Client(socket_path), log=log)
     keeper.start()
+    monitor = LivenessMonitor(state_dir, Client(socket_path), keeper.submit, log=log)
+    threading.Thread(target=monitor.run, name="liveness", daemon=True).start()
     while True:
         headers, payload = childutils.listener.wait(stdin, stdout)
         event = headers.get("eventname", "")

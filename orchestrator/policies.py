@@ -48,13 +48,21 @@ class AgentHistory:
     given_up: bool = False
     reason: str = ""                      # why it was given up, or why it last exited
     next_restart_at: float | None = None  # a scheduled restart, while backing off
+    last_action_at: float | None = None   # the last liveness or threshold action (cooldown counts from it)
+    waiting_for: str = ""                 # a dependency that stopped being ready: this agent acts when it is back
 
     def started(self, now: float) -> AgentHistory:
         return replace(self, started_at=now, next_restart_at=None)
 
     def cleared(self) -> AgentHistory:
         """A manual start or a changed manifest: the count starts again."""
-        return replace(self, failures=(), given_up=False, reason="", next_restart_at=None)
+        return replace(self, failures=(), given_up=False, reason="", next_restart_at=None, waiting_for="")
+
+    def in_warmup(self, warmup: float, now: float) -> bool:
+        return self.started_at is None or now - self.started_at < warmup
+
+    def in_cooldown(self, cooldown: float, now: float) -> bool:
+        return self.last_action_at is not None and now - self.last_action_at < cooldown
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from orchestrator import runtime
-from orchestrator.client import DOWN_STATES, Client, SupervisorError
+from orchestrator.apply import stop_in_order
+from orchestrator.client import DOWN_STATES, UP_STATES, Client, SupervisorError
+from orchestrator.graph import Graph
 from orchestrator.history import History
 from orchestrator.model import Agent
-from orchestrator.policies import Exit, decide
+from orchestrator.policies import Decision, Exit, decide
+from orchestrator.sequencer import Sequencer
 
 STDERR_LINES = 10
 
@@ -39,6 +42,8 @@ class Keeper:
         self.timers: dict[str, float] = {}
         self.history = History(state_dir)
         self._agents: Mapping[str, Agent] = {}
+        self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
+        self.recovering: set[str] = set()
 
     # -- called from the protocol thread --------------------------------
 
@@ -87,11 +92,20 @@ class Keeper:
             return
         state = event.removeprefix("PROCESS_STATE_")
         now = self.clock()
+        if state == "LIVENESS_FAILED":
+            self.liveness_failed(agent, payload.get("detail", "liveness failed"), now)
+            return
         if state == "STARTING":
             with runtime.changing(self.state_dir) as live:
                 live.agents[group] = live.agent(group).started(now)
             return
+        if state == "RUNNING":
+            self.recover_dependents(group)
+            return
         if state == "STOPPED":
+            if group in self.expect_stop:
+                self.expect_stop.discard(group)
+                return
             if self.timers.pop(group, None) is not None:
                 self.log(f"{group}: stopped on request; its pending restart is cancelled")
             with runtime.changing(self.state_dir) as live:
@@ -111,8 +125,13 @@ class Keeper:
                 decision = replace(decision, action="record", reason=f"{decision.reason}; emergency stop latched: not restarted",
                                    history=replace(decision.history, next_restart_at=None))
             live.agents[group] = decision.history
+        self._carry_out(group, decision, process)
+        if not exit.expected or exit.during_start:
+            self.dependency_failed(group)
+
+    def _carry_out(self, group: str, decision: Decision, process: str) -> None:
         if decision.action == "restart":
-            self.timers[group] = now + decision.delay
+            self.timers[group] = self.clock() + decision.delay
             self.log(f"{group}: {decision.reason}")
         elif decision.action == "give-up":
             self.log(f"{group}: GIVEN UP: {decision.reason}")
@@ -120,13 +139,88 @@ class Keeper:
         elif decision.action == "record":
             self.log(f"{group}: {decision.reason}")
 
+    def liveness_failed(self, agent: Agent, detail: str, now: float) -> None:
+        """A running agent failed its liveness probe: restart it through its policy, unless in cooldown."""
+        name = agent.name
+        with runtime.changing(self.state_dir) as live:
+            entry = live.agent(name)
+            if entry.given_up or live.latch is not None:
+                return
+            if entry.in_cooldown(agent.resources.cooldown, now):
+                self.log(f"{name}: {detail}; no action: in cooldown for {agent.resources.cooldown:g}s after the last one")
+                return
+            decision = decide(Exit(exitstatus=None), entry, agent.restart, now, rand=self.rand())
+            decision = replace(decision, reason=f"{detail}; {decision.reason.split('; ', 1)[-1]}",
+                               history=replace(decision.history, last_action_at=now, reason=detail))
+            live.agents[name] = decision.history
+        self.expect_stop.add(name)
+        self.log(f"{name}: {detail}: stopping it")
+        self.client.stop_group(name, wait=True)
+        self._carry_out(name, decision, f"{name}:{name}")
+        self.dependency_failed(name)
+
+    # -- dependency failure ----------------------------------------------
+
+    def _dependents(self, name: str) -> list[str]:
+        agents = self.agents()
+        graph = Graph.of_edges({n: a.depends_on for n, a in agents.items()})
+        return list(graph.dependents(name))
+
+    def dependency_failed(self, name: str) -> None:
+        """`name` stopped being ready: its dependents act on their on_dependency_failure."""
+        agents = self.agents()
+        acting = [d for d in self._dependents(name) if agents[d].on_dependency_failure != "ignore"]
+        if not acting:
+            return
+        with runtime.changing(self.state_dir) as live:
+            for dependent in acting:
+                if not live.agent(dependent).waiting_for:
+                    live.agents[dependent] = replace(live.agent(dependent), waiting_for=name)
+        stopping = [d for d in acting if agents[d].on_dependency_failure == "stop"]
+        waiting = [d for d in acting if d not in stopping]
+        if stopping:
+            self.log(f"{name} is not ready: stopping {', '.join(stopping)} until it is")
+            stop_in_order(self.client, stopping, {n: a.depends_on for n, a in agents.items()})
+        if waiting:
+            self.log(f"{name} is not ready: {', '.join(waiting)} will restart once it is back")
+
+    def recover_dependents(self, name: str) -> None:
+        """`name` is running again: once it is ready, bring back (in order) the dependents waiting for it."""
+        waiting = sorted(n for n, entry in runtime.load(self.state_dir).agents.items() if entry.waiting_for == name)
+        if waiting and name not in self.recovering:
+            self.recovering.add(name)
+            threading.Thread(target=self._recover, args=(name, waiting), name=f"recover-{name}", daemon=True).start()
+
+    def _recover(self, name: str, waiting: list[str]) -> None:
+        agents = self.agents()
+        try:
+            restart = [d for d in waiting if agents[d].on_dependency_failure == "restart"]
+            if restart:
+                stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
+            up = {p.group for p in self.client.processes() if p.state in UP_STATES}
+            needed = {d for w in waiting for d in agents[w].depends_on} - set(waiting)
+            result = Sequencer(self.client, agents, progress=lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())).run(
+                [w for w in waiting if w not in up], verify=needed | {name})
+            if result.ok:
+                with runtime.changing(self.state_dir) as live:
+                    for dependent in waiting:
+                        live.agents[dependent] = replace(live.agent(dependent), waiting_for="")
+                self.log(f"{name} is ready again: {', '.join(waiting)} back in order")
+            else:
+                self.log(f"{name} is back but its dependents did not all come back: "
+                         f"{'; '.join(f'{o.agent}: {o.detail}' for o in result.failed)}")
+        except (SupervisorError, OSError) as exc:
+            self.log(f"bringing back the dependents of {name}: {exc}")
+        finally:
+            self.recovering.discard(name)
+
     def fire(self, name: str) -> None:
         agent = self.agents().get(name)
         if agent is None:
             return
         with runtime.changing(self.state_dir) as live:
             entry = live.agent(name)
-            if live.latch is not None or entry.given_up or entry.next_restart_at is None:
+            if live.latch is not None or entry.given_up or entry.next_restart_at is None or entry.waiting_for:
                 return
             live.agents[name] = replace(entry, next_restart_at=None)
         names = [name] if agent.replicas == 1 else [f"{name}_{i}" for i in range(agent.replicas)]

@@ -68,17 +68,17 @@ class Project:
         (self.manifests / rel).unlink()
 
     def toy(self, name: str, port: int, *, depends_on: list[str] = (), delay: float = 0.0, extra: list[str] = (),
-            timeout: str = "10s", retries: int = 0) -> None:
+            timeout: str = "10s", retries: int = 0, more: str = "") -> None:
         """An agent running toy.py, ready once it listens on `port`."""
         argv = [sys.executable, str(TOY), name, "--port", str(port), "--log", str(self.log), "--delay", str(delay), *extra]
         command = ", ".join(f'"{a}"' for a in argv)
-        self.write(f"agents/{name}.yaml", f"""
+        self.write(f"agents/{name}.yaml", textwrap.dedent(f"""
             name: {name}
             command: [{command}]
             depends_on: [{', '.join(depends_on)}]
             readiness: {{tcp: "127.0.0.1:{port}", timeout: {timeout}, period: 50ms, retries: {retries}}}
             stop_timeout: 5s
-        """)
+        """) + textwrap.dedent(more))
 
     def run(self, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
         done = subprocess.run([ORCHESTRATOR, "-m", str(self.manifests), *args], capture_output=True, text=True,

@@ -1,6 +1,6 @@
 """A toy agent for integration tests: it records when it starts, becomes ready and stops.
 
-    python toy.py NAME --port P --log FILE [--delay S] [--never-ready] [--exit-after S] [--fail-if-down PORT...]
+    python toy.py NAME --port P --log FILE [--delay S] [--never-ready] [--close-after S]
 
 It appends `start`, `ready` and `stop` lines (wall-clock times) to FILE, becomes
 ready (listens on 127.0.0.1:P) after --delay seconds, and stops cleanly on
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--never-ready", action="store_true")
     parser.add_argument("--variant", default="")
+    parser.add_argument("--close-after", type=float, default=None, help="stop listening (but keep running) after S seconds")
     args = parser.parse_args()
     stop = threading.Event()
 
@@ -50,7 +51,13 @@ def main() -> None:
     server = socket.create_server(("127.0.0.1", args.port))
     server.settimeout(0.1)
     record(args.log, args.name, "ready")
+    ready_at = time.monotonic()
     while not stop.is_set():
+        if args.close_after is not None and time.monotonic() - ready_at > args.close_after:
+            server.close()
+            record(args.log, args.name, "unhealthy")
+            stop.wait()
+            break
         try:
             conn, _ = server.accept()
             conn.close()

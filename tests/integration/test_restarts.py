@@ -87,3 +87,31 @@ def test_a_restart_pending_when_the_listener_is_killed_still_happens_on_time(pro
     assert _within(_times(log, "start")[1] - exit_at, 3.0), f"exit {exit_at}, starts {_times(log, 'start')}\n{listener_log}"
     runtime = json.loads((project.state / "runtime.json").read_text())["agents"]["crasher"]
     assert len(runtime["failures"]) >= 1 and runtime["restarts"] >= 1
+
+
+STEADY_THEN_CRASH = """
+import sys, time
+log = sys.argv[1]
+runs = sum(1 for line in open(log) if line.startswith("start ")) if __import__("os").path.exists(log) else 0
+open(log, "a").write(f"start {time.time():.6f}\\n")
+time.sleep(2.0 if runs == 1 else 0.2)   # the second run stays up past reset_after
+open(log, "a").write(f"exit {time.time():.6f}\\n")
+sys.exit(1)
+"""
+
+
+def test_stable_uptime_past_reset_after_makes_the_next_restart_use_the_first_delay(project):
+    log = str(project.root / "steady.times")
+    script = project.root / "steady.py"
+    script.write_text(STEADY_THEN_CRASH)
+    project.write("agents/steady.yaml", f"""
+        name: steady
+        command: ["{sys.executable}", "{script}", "{log}"]
+        min_uptime: 0s
+        restart: {{policy: exponential-backoff, delay: 0.5s, multiplier: 2, max_attempts: 10, reset_after: 1s}}
+    """)
+    project.run("up")
+    wait_until(lambda: len(_times(log, "start")) >= 4, 30, message="four starts")
+    gaps = _gaps(log)[:3]
+    # crash after 0.2 s: first delay; up 2 s > reset_after: first delay again; crash after 0.2 s: doubled
+    assert all(_within(g, e) for g, e in zip(gaps, [0.5, 0.5, 1.0], strict=True)), gaps

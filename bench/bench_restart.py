@@ -46,6 +46,7 @@ import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from supervisor.xmlrpc import SupervisorTransport
@@ -111,7 +112,7 @@ restart: {{policy: immediate, max_attempts: 1000, window: 1h}}
 """
 
 
-def proxy(socket: str) -> xmlrpc.client.ServerProxy:
+def proxy(socket: str) -> Any:
     """An XML-RPC proxy on supervisord's unix socket (one per thread: the transport is not shared)."""
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, serverurl=f"unix://{socket}"))
 
@@ -187,7 +188,7 @@ class Poller(threading.Thread):
 
 def cpu(process: psutil.Process) -> float:
     times = process.cpu_times()
-    return times.user + times.system
+    return float(times.user + times.system)
 
 
 def listener_of(supervisord: psutil.Process) -> psutil.Process:

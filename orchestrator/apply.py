@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestrator import render, runtime
 from orchestrator.client import DOWN_STATES, Client, NotRunningError, SupervisorError
@@ -176,11 +176,27 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
         project = os.path.dirname(manifests.manifests_dir)
         sequencer = Sequencer(client, agents, progress=progress, cwd=project)
         report.start = sequencer.run(to_start, verify=verify)
+        hold_failed(manifests.state_dir, report.start)
     if version is not None:
         history.mark(version, "applied" if report.ok else "failed")
     if not report.ok:
         raise ApplyError(_failure_message(report), report)
     return report
+
+
+def hold_failed(state_dir: str, result: Result) -> None:
+    """Agents whose start failed stay down: the restart policy must not start what apply just gave up on.
+
+    They are marked given up, with the reason; a manual start or a changed manifest clears it.
+    """
+    failed = [o for o in result.failed if not o.verified_only]
+    if not failed:
+        return
+    with runtime.changing(state_dir) as live:
+        for outcome in failed:
+            entry = live.agent(outcome.agent)
+            live.agents[outcome.agent] = replace(entry, given_up=True, next_restart_at=None,
+                                                 reason=f"did not become ready when started: {outcome.detail}")
 
 
 def _running_dependencies(to_start: set[str], agents: Mapping[str, Agent]) -> set[str]:

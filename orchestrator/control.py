@@ -23,7 +23,7 @@ from dataclasses import replace
 import psutil
 
 from orchestrator import runtime
-from orchestrator.apply import stop_in_order
+from orchestrator.apply import hold_failed, stop_in_order
 from orchestrator.client import UP_STATES, Client
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import Graph
@@ -72,7 +72,9 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
     up = {p.group for p in client.processes() if p.state in UP_STATES}
     to_start = {n for n in wanted if n not in up}
     verify = {n for n in wanted if n in up}
-    return Sequencer(client, agents, progress=progress).run(to_start, verify=verify)
+    result = Sequencer(client, agents, progress=progress).run(to_start, verify=verify)
+    hold_failed(state_dir, result)
+    return result
 
 
 def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,

@@ -27,6 +27,7 @@ from typing import TextIO
 from supervisor import childutils
 
 from orchestrator import orphans
+from orchestrator.apply import hold_failed
 from orchestrator.client import DOWN_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
 from orchestrator.history import History
@@ -65,6 +66,7 @@ def boot(state_dir: str, socket_path: str, *, supervisord_pid: int) -> None:
         sequencer = Sequencer(client, current.agents, progress=lambda e: log(_describe(e)),
                               cwd=current.project_dir)
         result = sequencer.run(to_start, verify=running)
+        hold_failed(state_dir, result)
         if result.ok:
             log(f"boot sequence complete: {len(result.outcomes)} agent(s) ready")
         else:

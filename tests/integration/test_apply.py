@@ -143,8 +143,10 @@ def test_an_agent_that_never_becomes_ready_fails_the_apply_and_blocks_its_depend
     assert took < 30
     states = {row["agent"]: row["state"] for row in json.loads(project.run("status", "--output", "json").stdout)}
     assert states["feed"] == "RUNNING" and states["aside"] == "RUNNING"
-    assert states["stuck"] == "STOPPED" and states["after"] == "STOPPED"
+    assert states["stuck"] == "GIVEN UP" and states["after"] == "STOPPED"
     assert "after" not in {name for name, *_ in project.events()}
+    status = json.loads(project.run("status", "--output", "json", "stuck").stdout)[0]
+    assert status["reason"].startswith("did not become ready when started: not ready after 2.0s")
 
 
 def test_after_supervisord_is_killed_starting_it_again_brings_every_agent_back_in_order(project):

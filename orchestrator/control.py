@@ -55,17 +55,24 @@ def _graph(agents: Mapping[str, Agent]) -> Graph:
     return Graph.of_edges({n: a.depends_on for n, a in agents.items()}, {n: a.priority for n, a in agents.items()})
 
 
-def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
-          progress: Callable[[Event], None] = lambda e: None) -> Result:
-    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
-    runtime.refuse_if_latched(state_dir)
+def _select(state_dir: str, names: Iterable[str] | None, *, no_deps: bool,
+            related: Callable[[Graph, str], Iterable[str]]) -> tuple[Mapping[str, Agent], list[str], Graph, set[str]]:
+    """The live agents, the ones named (all when None), the graph, and the named plus what `related` adds."""
     agents = _live(state_dir)
     chosen = _check(names if names is not None else agents, agents)
     graph = _graph(agents)
     wanted = set(chosen)
     if not no_deps:
         for name in chosen:
-            wanted.update(graph.dependencies(name))
+            wanted.update(related(graph, name))
+    return agents, chosen, graph, wanted
+
+
+def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
+          progress: Callable[[Event], None] = lambda e: None) -> Result:
+    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
+    runtime.refuse_if_latched(state_dir)
+    agents, chosen, _, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
     with runtime.changing(state_dir) as live:
         for name in chosen:
             live.agents[name] = live.agent(name).cleared()
@@ -80,13 +87,7 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
 def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
          say: Callable[[str], None] = lambda line: None) -> list[str]:
     """Stop `names` (all agents when None), their dependents first; the agents stopped."""
-    agents = _live(state_dir)
-    chosen = _check(names if names is not None else agents, agents)
-    graph = _graph(agents)
-    wanted = set(chosen)
-    if not no_deps:
-        for name in chosen:
-            wanted.update(graph.dependents(name))
+    agents, _, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependents)
     with runtime.changing(state_dir) as live:
         for name in wanted:
             live.agents[name] = replace(live.agent(name), next_restart_at=None)

@@ -201,9 +201,8 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _progress(manifests: ManifestSet) -> Any:
-    """A progress callback printing each start event with its wave and elapsed time."""
-    order = graph.Graph.of(manifests)
+def _progress(order: graph.Graph) -> Any:
+    """A progress callback printing each start event with its wave and elapsed time, on stderr."""
     total = len(order.waves)
     colors = {"ready": "green", "failed": "red", "skipped": "yellow", "retrying": "yellow"}
 
@@ -281,7 +280,7 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
         return
     _confirm_destructive(result, yes)
     try:
-        report = apply(manifests, message=message, progress=_progress(manifests), say=_say, client=client)
+        report = apply(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say, client=client)
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)
@@ -299,7 +298,7 @@ def up_command(options: Options, message: str) -> None:
     """
     manifests = options.load()
     try:
-        report = lifecycle.up(manifests, message=message, progress=_progress(manifests), say=_say)
+        report = lifecycle.up(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say)
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)
@@ -378,14 +377,7 @@ class _Live:
                                           {n: a.priority for n, a in self.agents.items()})
 
     def progress(self) -> Any:
-        total = len(self.graph.waves)
-
-        def show(event: Event) -> None:
-            wave = self.graph.wave_of(event.agent) + 1 if event.agent in self.graph.depends_on else 0
-            detail = f"  {event.detail}" if event.detail else ""
-            click.echo(f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}", err=True)
-
-        return show
+        return _progress(self.graph)
 
 
 def _confirm_stop(what: str, yes: bool) -> None:

@@ -26,7 +26,7 @@ from typing import TextIO
 
 from supervisor import childutils
 
-from orchestrator import orphans
+from orchestrator import orphans, runtime
 from orchestrator.apply import hold_failed
 from orchestrator.client import DOWN_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
@@ -54,13 +54,21 @@ def boot(state_dir: str, socket_path: str, *, supervisord_pid: int) -> None:
             log("no version applied yet: nothing to start")
             return
         ended = orphans.sweep(state_dir, keep_tree_of=supervisord_pid, say=log)
+        live = runtime.load(state_dir)
+        if live.latch is not None:
+            log(f"{runtime.describe_latch(live.latch)}: starting nothing")
+            return
+        held = sorted(name for name, entry in live.agents.items() if entry.given_up)
+        if held:
+            log(f"given up, left stopped until started by hand: {', '.join(held)}")
         if ended:
             log(f"ended {len(ended)} process(es) left by a previous supervisord")
         client = Client(socket_path)
         groups: dict[str, list[str]] = {}
         for process in client.processes():
             groups.setdefault(process.group, []).append(process.state)
-        to_start = {name for name in current.agents if all(s in DOWN_STATES for s in groups.get(name, ["STOPPED"]))}
+        to_start = {name for name in current.agents
+                    if name not in held and all(s in DOWN_STATES for s in groups.get(name, ["STOPPED"]))}
         running = set(current.agents) - to_start
         log(f"supervisord started: starting {len(to_start)} agent(s) in dependency order")
         sequencer = Sequencer(client, current.agents, progress=lambda e: log(_describe(e)),

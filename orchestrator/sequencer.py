@@ -16,7 +16,6 @@ callback, so the caller decides how to show it.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -66,7 +65,7 @@ class Result:
         return [o for o in self.outcomes.values() if not o.ok]
 
 
-def _processes(client: Client, agent: Agent) -> list[str]:
+def _processes(agent: Agent) -> list[str]:
     if agent.replicas == 1:
         return [f"{agent.name}:{agent.name}"]
     return [f"{agent.name}:{agent.name}_{i}" for i in range(agent.replicas)]
@@ -77,7 +76,7 @@ class _Watch:
 
     def __init__(self, client: Client, agent: Agent, clock: Callable[[], float]) -> None:
         self.client, self.agent, self.clock = client, agent, clock
-        self.names = _processes(client, agent)
+        self.names = _processes(agent)
         self.last = -1.0
         self.infos: list[ProcessInfo] = []
 
@@ -108,7 +107,6 @@ class Sequencer:
         self.client, self.agents, self.progress = client, agents, progress
         self.env, self.cwd, self.clock, self.max_parallel = env, cwd, clock, max_parallel
         self.began = clock()
-        self.stopping = threading.Event()
 
     def _emit(self, kind: str, agent: str, detail: str = "") -> None:
         self.progress(Event(kind, agent, self.clock() - self.began, detail))
@@ -206,7 +204,7 @@ class Sequencer:
 
     def _stderr(self, agent: Agent) -> str:
         try:
-            text = self.client.stderr_tail(_processes(self.client, agent)[0], 8192)
+            text = self.client.stderr_tail(_processes(agent)[0], 8192)
         except SupervisorError:
             return ""
         return "\n".join(text.rstrip("\n").splitlines()[-STDERR_LINES:])

@@ -110,3 +110,20 @@ def test_emergency_stop_ends_every_process_at_once_and_nothing_restarts_until_cl
     assert "Cleared" in project.run("emergency-clear", check=True).stdout
     project.run("start-all", check=True)
     assert len(project.pids()) == 50
+
+
+def test_the_emergency_latch_holds_across_a_supervisord_restart(project):
+    """Regression: the boot listener started every agent after a restart, ignoring a latched emergency stop."""
+    import subprocess
+    import sys
+    _chain(project)
+    project.run("up", check=True)
+    project.run("emergency-stop", "--reason", "drill", "--yes", check=True)
+    project.run("down", "--yes", check=True)
+    mark = time.time()
+    subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(project.state / "supervisord.conf")],
+                   check=True, cwd=project.state)
+    log = project.state / "logs" / "_orchestrator.log"
+    wait_until(lambda: "starting nothing" in log.read_text(), 15, message="the boot listener to decline")
+    assert not [e for e in project.events() if e[1] == "start" and e[2] > mark]
+    assert project.run("status").returncode == 3

@@ -1,24 +1,18 @@
-# `make demo` and `make test` work on a fresh machine: they create .venv,
-# install the system packages the project needs, then the project itself.
+# `make demo` and `make test` work on a fresh machine: they create .venv and
+# install the project into it. The rest comes with Debian: supervisord's
+# agents are wrapped in util-linux's setpriv, taskset and prlimit.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-down test test-fast bench lint system-deps clean
+.PHONY: demo demo-down test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
-
-# prometheus and promtool are needed by the tests that check alert rules and scraping.
-system-deps:
-	@if ! command -v promtool >/dev/null 2>&1; then \
-		echo "installing Debian's prometheus package (promtool, prometheus)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
-	fi
 
 demo: $(STAMP)
 	$(BIN)/orchestrator -m manifests validate

@@ -89,7 +89,9 @@ def decide(event: Exit, history: AgentHistory, policy: RestartPolicy, now: float
     """What to do about `event`, given the agent's `history` and `policy`, at time `now`."""
     if event.requested:
         return Decision("ignore", reason="stopped on request", history=replace(history, next_restart_at=None))
-    status = "exit status unknown" if event.exitstatus is None else f"exit status {event.exitstatus}"
+    status = ("exit status unknown" if event.exitstatus is None
+              else "killed by a signal" if event.exitstatus < 0  # supervisord reports -1 for a death by signal
+              else f"exit status {event.exitstatus}")
     if event.expected and not event.during_start:
         return Decision("record", reason=f"exited as expected ({status})", history=replace(history, reason=f"expected exit, {status}"))
     uptime = now - history.started_at if history.started_at is not None else 0.0

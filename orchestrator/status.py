@@ -166,6 +166,11 @@ def _bytes(value: int | None) -> str:
     return "-"  # pragma: no cover
 
 
+def _short(text: str, width: int = 48) -> str:
+    """A table cell: long texts cut (the whole text is in `--output json`)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
     """Rows as table cells, each with the color of its state."""
     header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH", "NOTE"]
@@ -177,5 +182,5 @@ def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
                 else row.reason if row.given_up or row.state not in UP_STATES else "")
         uptime = _uptime(row.uptime_seconds, row.state in UP_STATES)
         lines.append(([row.name, row.state, str(row.pid or "-"), uptime, restarts, cpu, _bytes(row.memory_rss_bytes),
-                       "yes" if row.ready else "no", row.health, note], _COLORS.get(row.state)))
+                       "yes" if row.ready else "no", _short(row.health), _short(note)], _COLORS.get(row.state)))
     return lines

@@ -78,3 +78,8 @@ def test_jitter_spreads_a_delay_within_its_fraction(rand):
     policy = RestartPolicy(delay=10, multiplier=1, jitter=0.2, max_delay=60)
     assert 8.0 <= backoff_delay(policy, 1, rand) <= 12.0
     assert backoff_delay(RestartPolicy(delay=10, multiplier=1, max_delay=60), 1, rand) == 10.0  # no jitter, no spread
+
+
+def test_a_death_by_signal_is_named_as_such():
+    decision = decide(Exit(exitstatus=-1), AgentHistory().started(0), RestartPolicy(policy="immediate"), 2.0)
+    assert "exited after 2.0s (killed by a signal)" in decision.reason

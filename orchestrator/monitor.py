@@ -35,6 +35,8 @@ class LivenessMonitor:
                 self.check_due()
             except (SupervisorError, OSError) as exc:
                 self.log(f"liveness monitor: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug must not end every future check: say it, go on
+                self.log(f"liveness monitor: unexpected {type(exc).__name__}: {exc}")
             self.sleep(TICK)
 
     def check_due(self) -> None:

@@ -41,7 +41,6 @@ class Keeper:
         self.events: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
         self.timers: dict[str, float] = {}
         self.history = History(state_dir)
-        self._agents: Mapping[str, Agent] = {}
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
         self.recovering: set[str] = set()
 
@@ -59,8 +58,7 @@ class Keeper:
 
     def agents(self) -> Mapping[str, Agent]:
         current = self.history.current()
-        self._agents = current.agents if current else {}
-        return self._agents
+        return current.agents if current else {}
 
     def run(self) -> None:
         self.agents()
@@ -84,6 +82,8 @@ class Keeper:
                     self.fire(name)
             except (SupervisorError, OSError) as exc:  # supervisord busy or going away: keep going
                 self.log(f"restart keeper: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug must not end every future restart: say it, go on
+                self.log(f"restart keeper: unexpected {type(exc).__name__}: {exc}")
 
     def handle(self, event: str, payload: dict[str, str]) -> None:
         group = payload.get("groupname", "")
@@ -95,9 +95,9 @@ class Keeper:
         if state == "LIVENESS_FAILED":
             self.liveness_failed(agent, payload.get("detail", "liveness failed"), now)
             return
-        if state == "STARTING":
+        if state == "STARTING":  # started, by anyone: no longer waiting for a dependency
             with runtime.changing(self.state_dir) as live:
-                live.agents[group] = live.agent(group).started(now)
+                live.agents[group] = replace(live.agent(group).started(now), waiting_for="")
             return
         if state == "RUNNING":
             self.recover_dependents(group)
@@ -115,18 +115,19 @@ class Keeper:
             return
         process = f"{group}:{payload.get('processname', group)}"
         exitstatus = self.client.process(process).exitstatus if state == "EXITED" else None
-        exit = Exit(exitstatus=exitstatus, expected=payload.get("expected") == "1", during_start=state == "FATAL")
+        ended = Exit(exitstatus=exitstatus, expected=payload.get("expected") == "1", during_start=state == "FATAL")
         with runtime.changing(self.state_dir) as live:
             entry = live.agent(group)
             if entry.given_up:
                 return
-            decision = decide(exit, entry, agent.restart, now, rand=self.rand())
-            if live.latch is not None and decision.action == "restart":
+            decision = decide(ended, entry, agent.restart, now, rand=self.rand())
+            latched = live.latch is not None
+            if latched and decision.action == "restart":
                 decision = replace(decision, action="record", reason=f"{decision.reason}; emergency stop latched: not restarted",
                                    history=replace(decision.history, next_restart_at=None))
             live.agents[group] = decision.history
         self._carry_out(group, decision, process)
-        if not exit.expected or exit.during_start:
+        if (not ended.expected or ended.during_start) and not latched:
             self.dependency_failed(group)
 
     def _carry_out(self, group: str, decision: Decision, process: str) -> None:

@@ -39,10 +39,23 @@ def socket_of(state_dir: str) -> str:
     return os.path.join(state_dir, "supervisor.sock")
 
 
+def refuse_if_hung(state_dir: str, client: Client) -> None:
+    """supervisord's pid file names a live supervisord that does not answer: touching its children would be wrong."""
+    try:
+        with open(os.path.join(state_dir, "supervisord.pid"), encoding="utf-8") as handle:
+            pid = int(handle.read().strip())
+        if "supervisord" in " ".join(psutil.Process(pid).cmdline()):
+            raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path}; "
+                             f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
+    except (OSError, ValueError, psutil.Error):
+        return
+
+
 def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:
     """Start supervisord from STATE/supervisord.conf and wait until it answers."""
     history = History(state_dir)
     os.makedirs(os.path.join(state_dir, render.LOGS_DIR), exist_ok=True)
+    refuse_if_hung(state_dir, client)
     ended = orphans.sweep(state_dir, say=say)
     if ended:
         say(f"ended {len(ended)} process(es) left by a supervisord that did not stop cleanly")
@@ -80,6 +93,7 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
     history = History(state_dir)
     client = Client(socket_of(state_dir))
     if not client.is_running():
+        refuse_if_hung(state_dir, client)
         ended = orphans.sweep(state_dir, say=say)
         say("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else ""))
         return []

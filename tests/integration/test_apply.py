@@ -171,3 +171,19 @@ def test_after_supervisord_is_killed_starting_it_again_brings_every_agent_back_i
     status = project.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert set(project.pids().values()).isdisjoint(first.values())
+
+
+def test_a_supervisord_that_does_not_answer_is_not_mistaken_for_a_dead_one(project):
+    """Regression: up and down swept a live, frozen supervisord's agents as orphans."""
+    project.toy("feed", free_ports(1)[0])
+    project.run("up", check=True)
+    feed = project.pids()["feed"]
+    pid = project.supervisord_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = project.run("down", "--yes")
+        assert done.returncode == 1
+        assert f"supervisord (pid {pid}) is running but does not answer" in done.stderr
+        assert psutil.pid_exists(feed) and psutil.Process(feed).status() != psutil.STATUS_ZOMBIE
+    finally:
+        os.kill(pid, signal.SIGCONT)

@@ -26,13 +26,14 @@ from orchestrator.client import DOWN_STATES, RUNNING, Client, ProcessInfo, Super
 from orchestrator.model import Agent
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING
+WAITING_EVERY = 5.0       # a long wait for readiness says so this often
 STATE_POLL = 0.1          # how often a start's process state is read from supervisord
 STDERR_LINES = 10
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str            # "starting", "waiting", "ready", "retrying", "failed", "skipped"
+    kind: str            # "starting", "waiting" (every few seconds), "ready", "retrying", "failed", "skipped"
     agent: str
     elapsed: float       # since the sequence began
     detail: str = ""
@@ -180,17 +181,29 @@ class Sequencer:
         watch = _Watch(self.client, agent, self.clock)
         probe = agent.readiness
         timeout = probe.timeout if probe else max(NO_PROBE_TIMEOUT, agent.min_uptime + 10.0)
-        deadline = self.clock() + timeout
+        began = self.clock()
+        deadline = began + timeout
+        said = [began]
+
+        def down() -> str | None:
+            """Whether the agent died; also, every WAITING_EVERY seconds, that it is still being waited for."""
+            now = self.clock()
+            if now - said[0] >= WAITING_EVERY:
+                said[0] = now
+                self._emit("waiting", agent.name, f"{now - began:.0f}s of {timeout:g}s"
+                           + (f" for {probes.describe(probe)}" if probe else " for RUNNING"))
+            return watch.down()
+
         if probe is None:
             while self.clock() < deadline:
-                reason = watch.down()
+                reason = down()
                 if reason:
                     return False, reason, self._exitstatus(watch)
                 if watch.all_running():
                     return True, "RUNNING", None
                 time.sleep(STATE_POLL)
             return False, f"not RUNNING after {timeout:g}s", None
-        result = probes.wait_ready(probe, deadline=deadline, alive=watch.down, env=self.env, cwd=self.cwd, clock=self.clock)
+        result = probes.wait_ready(probe, deadline=deadline, alive=down, env=self.env, cwd=self.cwd, clock=self.clock)
         if result.ok:
             return True, result.detail, None
         return False, result.detail, self._exitstatus(watch)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import free_ports, wait_until
+
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,21 +31,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
-    """Poll predicate until it returns something truthy; fail the test after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return free_ports(1)[0]
 
 
 def request(url: str, body: bytes | None = None) -> tuple[int, Any]:
@@ -94,7 +81,7 @@ class Agent:
             result = answer(self.url + "/health")
             return result is not None and result[0] == 200
 
-        wait_until(healthy, timeout, f"{self.role} to answer /health with 200")
+        wait_until(healthy, timeout, message=f"{self.role} to answer /health with 200")
 
 
 StartAgent = Callable[..., Agent]
@@ -183,7 +170,7 @@ def test_five_agents_started_in_dependency_order_trade_with_each_other(
     )
     executor.wait_healthy()
 
-    wait_until(lambda: portfolio.get("/pnl")[1]["fills"] >= 1, 20, "a first fill")
+    wait_until(lambda: portfolio.get("/pnl")[1]["fills"] >= 1, 20, message="a first fill")
     status, orders = executor.get("/orders")
     assert status == 200
     assert orders["submitted"] >= 1
@@ -228,12 +215,12 @@ def test_strategy_engine_degrades_without_market_data_and_recovers_when_it_retur
         status, health = strategy.get("/health")
         return health if status == 503 else None
 
-    health = wait_until(degraded_health, 10, "strategy-engine /health to answer 503")
+    health = wait_until(degraded_health, 10, message="strategy-engine /health to answer 503")
     assert health["status"] == "degraded"
     assert "market-data" in health["reason"]
 
     agents("market-data", "--interval", "0.1", port=market.port).wait_healthy()
-    wait_until(lambda: strategy.get("/health")[0] == 200, 10, "strategy-engine to recover")
+    wait_until(lambda: strategy.get("/health")[0] == 200, 10, message="strategy-engine to recover")
     log = strategy.stdout.read_text()
     assert "went away" in log and "is back" in log
 

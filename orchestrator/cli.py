@@ -373,8 +373,7 @@ class _Live:
                                     "(start it with `orchestrator up`)")
         current = History(self.state_dir).current()
         self.agents = dict(current.agents) if current else {}
-        self.graph = graph.Graph.of_edges({n: a.depends_on for n, a in self.agents.items()},
-                                          {n: a.priority for n, a in self.agents.items()})
+        self.graph = graph.Graph.of_agents(self.agents)
 
     def progress(self) -> Any:
         return _progress(self.graph)

@@ -51,16 +51,12 @@ def _check(names: Iterable[str], agents: Mapping[str, Agent]) -> list[str]:
     return names
 
 
-def _graph(agents: Mapping[str, Agent]) -> Graph:
-    return Graph.of_edges({n: a.depends_on for n, a in agents.items()}, {n: a.priority for n, a in agents.items()})
-
-
 def _select(state_dir: str, names: Iterable[str] | None, *, no_deps: bool,
             related: Callable[[Graph, str], Iterable[str]]) -> tuple[Mapping[str, Agent], list[str], Graph, set[str]]:
     """The live agents, the ones named (all when None), the graph, and the named plus what `related` adds."""
     agents = _live(state_dir)
     chosen = _check(names if names is not None else agents, agents)
-    graph = _graph(agents)
+    graph = Graph.of_agents(agents)
     wanted = set(chosen)
     if not no_deps:
         for name in chosen:

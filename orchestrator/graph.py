@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from collections.abc import Iterable, Mapping
 
-from orchestrator.model import ManifestSet
+from orchestrator.model import Agent, ManifestSet
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,11 @@ class Graph:
 
     @classmethod
     def of(cls, manifests: ManifestSet) -> Graph:
-        return cls.of_edges({a.name: a.depends_on for a in manifests.agents}, {a.name: a.priority for a in manifests.agents})
+        return cls.of_agents({a.name: a for a in manifests.agents})
+
+    @classmethod
+    def of_agents(cls, agents: Mapping[str, Agent]) -> Graph:
+        return cls.of_edges({n: a.depends_on for n, a in agents.items()}, {n: a.priority for n, a in agents.items()})
 
     @classmethod
     def of_edges(cls, depends_on: Mapping[str, Iterable[str]], priority: Mapping[str, int] | None = None) -> Graph:

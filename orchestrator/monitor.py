@@ -15,6 +15,8 @@ from collections.abc import Callable
 from orchestrator import probes, runtime
 from orchestrator.client import UP_STATES, Client, SupervisorError
 from orchestrator.history import History
+from orchestrator.model import Agent
+from orchestrator.render import process_names
 
 TICK = 0.25  # how often the monitor looks for a check that is due
 
@@ -52,7 +54,7 @@ class LivenessMonitor:
             self.due[name] = now + probe.period
             entry = live.agent(name)
             if live.latch or entry.given_up or entry.waiting_for or entry.in_warmup(agent.resources.warmup, now) \
-                    or not self._up(name, agent.replicas):
+                    or not self._up(agent):
                 self.failed[name] = 0
                 continue
             result = probes.check(probe, timeout=probe.timeout, cwd=current.project_dir)
@@ -65,6 +67,5 @@ class LivenessMonitor:
                 detail = f"liveness {probes.describe(probe)} failed {probe.failures} times in a row: {result.detail}"
                 self.submit("LIVENESS_FAILED", {"groupname": name, "detail": detail})
 
-    def _up(self, name: str, replicas: int) -> bool:
-        names = [name] if replicas == 1 else [f"{name}_{i}" for i in range(replicas)]
-        return all(self.client.process(f"{name}:{n}").state in UP_STATES for n in names)
+    def _up(self, agent: Agent) -> bool:
+        return all(self.client.process(name).state in UP_STATES for name in process_names(agent))

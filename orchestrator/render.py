@@ -39,6 +39,13 @@ LISTENER = "_orchestrator"   # orchestrator's own event listener; agent names ca
 MARKER = "ORCHESTRATOR_STATE_DIR"
 
 
+def process_names(agent: Agent) -> list[str]:
+    """supervisord's full names (`group:process`) of the agent's processes, as program.conf.j2 names them."""
+    if agent.replicas == 1:
+        return [f"{agent.name}:{agent.name}"]
+    return [f"{agent.name}:{agent.name}_{i}" for i in range(agent.replicas)]
+
+
 def launch_argv(agent: Agent) -> list[str]:
     """The agent's command behind exec-only wrappers that keep its PID.
 
@@ -79,7 +86,7 @@ def _sv_value(value: object) -> str:
 def _sv_command(argv: Iterable[str]) -> str:
     argv = list(argv)
     for arg in argv:
-        if svconf.value_problem(arg) and re.search(r"[\n\r\x00]", arg):
+        if _LINE_BREAK.search(arg):  # anything else in an argument, quote_command writes safely
             raise RenderError(f"cannot write command argument {arg!r}: it contains a line break")
     return svconf.quote_command(argv)
 
@@ -191,6 +198,7 @@ def _render(env: jinja2.Environment, name: str, common: Mapping[str, Any], agent
         raise RenderError(f"template {name}: {exc}") from exc
 
 
+_LINE_BREAK = re.compile(r"[\n\r\x00]")
 _SECTION = re.compile(r"section '?\[?program:([a-z0-9_-]+)")
 _FILE_NOTE = re.compile(r"\s*\(file: '[^']*'\)")
 

@@ -29,6 +29,7 @@ from orchestrator.graph import Graph
 from orchestrator.history import History
 from orchestrator.model import Agent
 from orchestrator.policies import Decision, Exit, decide
+from orchestrator.render import process_names
 from orchestrator.sequencer import Sequencer
 
 STDERR_LINES = 10
@@ -164,8 +165,7 @@ class Keeper:
 
     def _dependents(self, name: str) -> list[str]:
         agents = self.agents()
-        graph = Graph.of_edges({n: a.depends_on for n, a in agents.items()})
-        return list(graph.dependents(name))
+        return list(Graph.of_agents(agents).dependents(name))
 
     def dependency_failed(self, name: str) -> None:
         """`name` stopped being ready: its dependents act on their on_dependency_failure."""
@@ -224,11 +224,9 @@ class Keeper:
             if live.latch is not None or entry.given_up or entry.next_restart_at is None or entry.waiting_for:
                 return
             live.agents[name] = replace(entry, next_restart_at=None)
-        names = [name] if agent.replicas == 1 else [f"{name}_{i}" for i in range(agent.replicas)]
-        for process in names:
-            info = self.client.process(f"{name}:{process}")
-            if info.state in DOWN_STATES:
-                self.client.start_process(f"{name}:{process}")
+        for process in process_names(agent):
+            if self.client.process(process).state in DOWN_STATES:
+                self.client.start_process(process)
         self.log(f"{name}: restarted")
 
     def _log_stderr(self, process: str) -> None:

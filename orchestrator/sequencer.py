@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from orchestrator import probes
 from orchestrator.client import DOWN_STATES, RUNNING, Client, ProcessInfo, SupervisorError
 from orchestrator.model import Agent
+from orchestrator.render import process_names
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING
 WAITING_EVERY = 5.0       # a long wait for readiness says so this often
@@ -66,18 +67,12 @@ class Result:
         return [o for o in self.outcomes.values() if not o.ok]
 
 
-def _processes(agent: Agent) -> list[str]:
-    if agent.replicas == 1:
-        return [f"{agent.name}:{agent.name}"]
-    return [f"{agent.name}:{agent.name}_{i}" for i in range(agent.replicas)]
-
-
 class _Watch:
     """The state of one agent's processes, read from supervisord at most every STATE_POLL seconds."""
 
     def __init__(self, client: Client, agent: Agent, clock: Callable[[], float]) -> None:
         self.client, self.agent, self.clock = client, agent, clock
-        self.names = _processes(agent)
+        self.names = process_names(agent)
         self.last = -1.0
         self.infos: list[ProcessInfo] = []
 
@@ -217,7 +212,7 @@ class Sequencer:
 
     def _stderr(self, agent: Agent) -> str:
         try:
-            text = self.client.stderr_tail(_processes(agent)[0], 8192)
+            text = self.client.stderr_tail(process_names(agent)[0], 8192)
         except SupervisorError:
             return ""
         return "\n".join(text.rstrip("\n").splitlines()[-STDERR_LINES:])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from orchestrator import render, runtime
 from orchestrator.client import DOWN_STATES, Client, NotRunningError, SupervisorError
@@ -153,6 +153,8 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
     _refresh_internal(client, added, changed, removed, say)
     old_deps = {n: a.depends_on for n, a in (previous.agents if previous else {}).items()}
     removing = result.names("remove")
+    if removing or result.names("replace"):
+        mark_stopping(manifests.state_dir, [*removing, *result.names("replace")])
     if removing:
         report.stop_failures.update(stop_in_order(client, removing, old_deps, progress=lambda a, w: say(f"  {a}: {w}")))
         for name in removing:
@@ -173,10 +175,10 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
     agents = {a.name: a for a in manifests.agents}
     verify = _running_dependencies(to_start, agents)
     if to_start:
+        mark_starting(manifests.state_dir, to_start)
         project = os.path.dirname(manifests.manifests_dir)
-        sequencer = Sequencer(client, agents, progress=progress, cwd=project)
+        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=project)
         report.start = sequencer.run(to_start, verify=verify)
-        hold_failed(manifests.state_dir, report.start)
     if version is not None:
         history.mark(version, "applied" if report.ok else "failed")
     if not report.ok:
@@ -184,19 +186,18 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
     return report
 
 
-def hold_failed(state_dir: str, result: Result) -> None:
-    """Agents whose start failed stay down: the restart policy must not start what apply just gave up on.
-
-    They are marked given up, with the reason; a manual start or a changed manifest clears it.
-    """
-    failed = [o for o in result.failed if not o.verified_only]
-    if not failed:
-        return
+def mark_starting(state_dir: str, names: Iterable[str]) -> None:
+    """Agents about to be started on request are no longer stopped by the operator."""
     with runtime.changing(state_dir) as live:
-        for outcome in failed:
-            entry = live.agent(outcome.agent)
-            live.agents[outcome.agent] = replace(entry, given_up=True, next_restart_at=None,
-                                                 reason=f"did not become ready when started: {outcome.detail}")
+        for name in names:
+            live.agents[name] = live.agent(name).starting()
+
+
+def mark_stopping(state_dir: str, names: Iterable[str]) -> None:
+    """Agents being stopped on request: their pending restarts are cancelled and nothing restarts them."""
+    with runtime.changing(state_dir) as live:
+        for name in names:
+            live.agents[name] = live.agent(name).stopping()
 
 
 def _running_dependencies(to_start: set[str], agents: Mapping[str, Agent]) -> set[str]:
@@ -245,8 +246,8 @@ def _failure_message(report: ApplyReport) -> str:
             if outcome.stderr:
                 lines.append("  last lines of its stderr:")
                 lines.extend(f"    {line}" for line in outcome.stderr.splitlines())
-            if not outcome.verified_only:
-                lines.append(f"  {outcome.agent} was stopped.")
+            if not outcome.verified_only and outcome.attempts > 1:
+                lines.append(f"  after {outcome.attempts} attempts")
         if start.blocked:
             lines.append(f"not started: {', '.join(start.blocked)}")
     return "\n".join(lines)

@@ -149,17 +149,22 @@ def validate(options: Options, output: str) -> None:
 
 
 @cli.command("render")
-@click.option("--out", metavar="DIR", help="Write the files below DIR instead of printing them.")
+@click.option("--out", metavar="DIR", help="Write a self-contained set below DIR instead of printing the files.")
 @click.pass_obj
 def render_command(options: Options, out: str | None) -> None:
     """Print the supervisord configuration that apply would write.
 
     supervisord.conf plus programs/NAME.conf, one file per agent. The same
     manifests always give the same bytes. With --out DIR the files are
-    written there (each atomically) and their paths printed.
+    written there (each atomically) and their paths printed. The set is
+    self-contained: DIR/supervisord.conf includes programs/*.conf relative to
+    itself (supervisord resolves an include from the including file's
+    directory), so `supervisord -c DIR/supervisord.conf` loads the programs
+    written there, wherever DIR is moved. Use an empty DIR: older files in it
+    are kept.
     """
     manifests = options.load()
-    rendering = render.render(manifests)
+    rendering = render.render(manifests, programs_dir=render.PROGRAMS_DIR if out else None)
     if out:
         for path in rendering.write(out):
             click.echo(display_path(os.path.abspath(path)))

@@ -196,6 +196,10 @@ class Client:
         """One process, by `group:name`."""
         return ProcessInfo.from_rpc(self._call("supervisor.getProcessInfo", full_name))
 
+    def send_remote_comm(self, kind: str, data: str) -> None:
+        """Emit a REMOTE_COMMUNICATION event to the event listeners (supervisord queues it for them)."""
+        self._call("supervisor.sendRemoteCommEvent", kind, data)
+
     def stderr_tail(self, full_name: str, length: int = 4096) -> str:
         text, _offset, _overflow = self._call("supervisor.tailProcessStderrLog", full_name, 0, length)
         return str(text)

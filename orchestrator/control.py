@@ -23,7 +23,7 @@ from dataclasses import replace
 import psutil
 
 from orchestrator import runtime
-from orchestrator.apply import hold_failed, stop_in_order
+from orchestrator.apply import mark_stopping, stop_in_order
 from orchestrator.client import UP_STATES, Client
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import Graph
@@ -75,18 +75,17 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
     up = {p.group for p in client.processes() if p.state in UP_STATES}
     to_start = {n for n in wanted if n not in up}
     verify = {n for n in wanted if n in up}
-    result = Sequencer(client, agents, progress=progress).run(to_start, verify=verify)
-    hold_failed(state_dir, result)
-    return result
+    with runtime.changing(state_dir) as live:
+        for name in to_start:
+            live.agents[name] = live.agent(name).starting()
+    return Sequencer(client, agents, state_dir=state_dir, progress=progress).run(to_start, verify=verify)
 
 
 def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
          say: Callable[[str], None] = lambda line: None) -> list[str]:
     """Stop `names` (all agents when None), their dependents first; the agents stopped."""
     agents, _, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependents)
-    with runtime.changing(state_dir) as live:
-        for name in wanted:
-            live.agents[name] = replace(live.agent(name), next_restart_at=None)
+    mark_stopping(state_dir, wanted)
     failures = stop_in_order(client, wanted, {n: a.depends_on for n, a in agents.items()},
                              progress=lambda agent, what: say(f"  {agent}: {what}"))
     if failures:

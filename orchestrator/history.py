@@ -92,6 +92,26 @@ def _point(link: str, target: str) -> None:
     os.replace(tmp, link)
 
 
+CLAIM = "up.claim"
+
+
+def leave_claim(state_dir: str, supervisord_pid: int) -> None:
+    """`up` started the supervisord with this pid and starts its agents: its boot sequence must not."""
+    write_atomically(os.path.join(state_dir, CLAIM), str(supervisord_pid))
+
+
+def take_claim(state_dir: str, supervisord_pid: int) -> bool:
+    """Whether `up` claimed this supervisord's start (the claim is used up: a later restart of it boots)."""
+    path = os.path.join(state_dir, CLAIM)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            claimed = handle.read().strip()
+        os.unlink(path)
+    except (OSError, ValueError):
+        return False
+    return claimed == str(supervisord_pid)
+
+
 class History:
     def __init__(self, state_dir: str) -> None:
         self.state_dir = state_dir

@@ -8,20 +8,21 @@ then supervisord itself, leaving no process behind. Called by the cli.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import psutil
 
-from orchestrator import orphans, render
-from orchestrator.apply import ApplyReport, converge, stop_in_order
-from orchestrator.client import Client
+from orchestrator import orphans, render, runtime
+from orchestrator.apply import ApplyReport, converge, mark_stopping, stop_in_order
+from orchestrator.client import Client, SupervisorError
 from orchestrator.errors import StateError
-from orchestrator.history import History
+from orchestrator.history import History, leave_claim
 from orchestrator.model import ManifestSet
 from orchestrator.sequencer import Event
 
@@ -74,7 +75,12 @@ def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], No
 
 def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,
        say: Callable[[str], None] = lambda line: None) -> ApplyReport:
-    """Start supervisord if it is not running, then apply."""
+    """Start supervisord if it is not running, then apply.
+
+    When up starts supervisord, it holds the apply lock throughout and leaves a
+    claim naming that supervisord, so the boot sequence (which waits for the
+    lock) finds the agents already up's to start, and starts none of them.
+    """
     history = History(manifests.state_dir)
     client = Client(render.socket_path(manifests))
     with history.lock():
@@ -85,28 +91,46 @@ def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event],
                     current.programs != {a.name: rendering.program(a.name) for a in manifests.agents}:
                 history.record(manifests, rendering, message=message or "up")
             start_supervisord(manifests.state_dir, client, say=say)
-        return converge(manifests, client, history, message=message, progress=progress, say=say)
+            leave_claim(manifests.state_dir, client.pid())
+        report = converge(manifests, client, history, message=message, progress=progress, say=say)
+        current = history.current()
+        if current is not None and current.status != "applied" and report.ok:
+            history.mark(current, "applied")
+        return report
 
 
 def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> list[str]:
-    """Stop every agent, dependents first, then supervisord; the agents stopped."""
+    """Stop every agent, dependents first, then supervisord; the agents stopped.
+
+    First the restart keeper stands down (no pending restart fires after this
+    point, and a start in progress ends), then down waits for an apply, up or
+    boot sequence in progress to let go of the lock, stops the agents in reverse
+    dependency order, and shuts supervisord down. It ends with nothing of the
+    state directory's left running, or an error naming what is.
+    """
     history = History(state_dir)
     client = Client(socket_of(state_dir))
-    if not client.is_running():
-        refuse_if_hung(state_dir, client)
-        ended = orphans.sweep(state_dir, say=say)
-        say("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else ""))
-        return []
-    with history.lock():
+    _stand_down(state_dir, client)
+    with _waiting_lock(history, say):
+        client = Client(socket_of(state_dir))
+        if not client.is_running():
+            refuse_if_hung(state_dir, client)
+            ended = orphans.sweep(state_dir, say=say)
+            say("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else ""))
+            _left_behind(state_dir)
+            return []
+        _stand_down(state_dir, client)
         current = history.current()
         deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
         names = sorted({p.group for p in client.processes() if not p.group.startswith("_")})
+        mark_stopping(state_dir, names)
         failures = stop_in_order(client, names, deps, progress=lambda agent, what: say(f"  {agent}: {what}"))
         # supervisord retires one stopped group per pass of its loop while shutting down, and an
         # idle pass waits up to 1 s: 12 groups took 12 s. Removed groups cost it nothing.
         for name in names:
             if name not in failures:
-                client.remove_group(name)
+                with contextlib.suppress(SupervisorError):  # started again meanwhile: shutdown stops it
+                    client.remove_group(name)
         pid = client.pid()
         say("stopping supervisord")
         client.shutdown()
@@ -119,6 +143,32 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
         ended = orphans.sweep(state_dir, say=say)
         if ended:
             say(f"ended {len(ended)} process(es) that outlived supervisord")
-        if failures:
-            raise StateError("; ".join(f"{n}: {why}" for n, why in sorted(failures.items())))
+        _left_behind(state_dir)
         return names
+
+
+def _stand_down(state_dir: str, client: Client) -> None:
+    """Tell the restart keeper of the running supervisord (if any) that everything is being stopped."""
+    try:
+        pid = client.pid()
+    except SupervisorError:
+        return
+    with runtime.changing(state_dir) as live:
+        live.stand_down = pid
+
+
+@contextlib.contextmanager
+def _waiting_lock(history: History, say: Callable[[str], None]) -> Iterator[None]:
+    with history.lock(wait=False) as mine:
+        if mine:
+            yield
+            return
+    say("waiting for the apply, up or boot sequence in progress to finish")
+    with history.lock():
+        yield
+
+
+def _left_behind(state_dir: str) -> None:
+    left = orphans.find(state_dir)
+    if left:
+        raise StateError("still running after down: " + ", ".join(f"{p.pid} ({' '.join(p.cmdline())[:60]})" for p in left))

@@ -36,6 +36,7 @@ class Exit:
     expected: bool = False    # supervisord's verdict: the status is in the agent's exit codes
     requested: bool = False   # stopped on purpose (a stop command, apply, down): never a failure
     during_start: bool = False  # it ended before it was up for min_uptime (supervisord FATAL)
+    detail: str = ""           # what happened, when not an exit: "not ready after 10s: ...", a liveness failure
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,24 @@ class AgentHistory:
     next_restart_at: float | None = None  # a scheduled restart, while backing off
     last_action_at: float | None = None   # the last liveness or threshold action (cooldown counts from it)
     waiting_for: str = ""                 # a dependency that stopped being ready: this agent acts when it is back
+    stopped: bool = False                 # stopped by the operator (stop, down, apply's removal): nothing restarts it
+    exits: int = 0                        # ends the keeper has decided on; a starter waits for it to move
+    last_event: str = ""                  # "SUPERVISORD_PID:SERIAL" of the last event handled: a redelivery is not counted twice
 
     def started(self, now: float) -> AgentHistory:
         return replace(self, started_at=now, next_restart_at=None)
 
     def cleared(self) -> AgentHistory:
         """A manual start or a changed manifest: the count starts again."""
-        return replace(self, failures=(), given_up=False, reason="", next_restart_at=None, waiting_for="")
+        return replace(self, failures=(), given_up=False, reason="", next_restart_at=None, waiting_for="", stopped=False)
+
+    def starting(self) -> AgentHistory:
+        """About to be started by apply, up, start or the boot sequence: no longer stopped by the operator."""
+        return replace(self, stopped=False)
+
+    def stopping(self) -> AgentHistory:
+        """Stopped by the operator: its pending restart is cancelled and nothing restarts it."""
+        return replace(self, stopped=True, next_restart_at=None)
 
     def in_warmup(self, warmup: float, now: float) -> bool:
         return self.started_at is None or now - self.started_at < warmup
@@ -99,8 +111,8 @@ def decide(event: Exit, history: AgentHistory, policy: RestartPolicy, now: float
     if history.started_at is not None and uptime >= policy.reset_after:
         failures = ()  # it had been stable long enough: the count starts again
     failures = tuple(t for t in failures if now - t < policy.window) + (now,)
-    how = "failed to start" if event.during_start else f"exited after {uptime:.1f}s"
-    reason = f"{how} ({status})"
+    how = "failed to start" if event.during_start and event.exitstatus is None else f"exited after {uptime:.1f}s"
+    reason = event.detail or f"{how} ({status})"
     if policy.policy == "manual":
         return Decision("record", reason=f"{reason}; restart policy is manual",
                         history=replace(history, failures=failures, reason=reason))

@@ -156,13 +156,18 @@ def socket_path(manifests: ManifestSet, state_dir: str | None = None) -> str:
 
 
 def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: Path | None = None,
-           single_file: bool = False, python: str = sys.executable) -> Rendering:
+           single_file: bool = False, programs_dir: str | None = None, python: str = sys.executable) -> Rendering:
     """The supervisord configuration for `manifests`, with paths inside `state_dir` (default: the set's own).
 
     `single_file` puts every program section in supervisord.conf itself instead
     of programs/NAME.conf: the same sections, for `check` (see there).
+    `programs_dir` is the directory whose NAME.conf files the main file's
+    `[include]` loads (default: the state directory's `current/programs`, the
+    live version apply makes; see history). `render --out DIR` passes
+    DIR/programs, so the files it writes are a set supervisord loads on its own.
     """
     state = state_dir or manifests.state_dir
+    included = programs_dir or os.path.join(state, LIVE_DIR, PROGRAMS_DIR)
     env = environment(templates)
     project_dir = os.path.dirname(manifests.manifests_dir)
     marker = {MARKER: state}
@@ -170,7 +175,7 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
                               "manifests_dir": manifests.manifests_dir, "marker_env": marker}
     files = {MAIN_CONFIG: _render(
         env, "supervisord.conf.j2", common, None, socket=socket_path(manifests, state), include_programs=not single_file,
-        programs_glob=os.path.join(state, LIVE_DIR, PROGRAMS_DIR, "*.conf"), listener=LISTENER,
+        programs_glob=os.path.join(included, "*.conf"), listener=LISTENER,
         listener_command=[python, "-m", "orchestrator.listener", "--state-dir", state])}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))

@@ -1,20 +1,35 @@
 """The restart keeper: carries out restart policies inside the event listener.
 
-Owned here: turning supervisord's process-state events into `policies.decide`
-calls, persisting each agent's history (`runtime`), and scheduling restarts:
-a delayed restart is a deadline, never a sleep that would hold supervisord
-up. Deadlines are wall-clock times stored in the runtime state, so a listener
-that is killed and restarted by supervisord picks up every pending restart at
-its scheduled time, with its counters intact.
+Owned here: turning supervisord's process-state events (and the starters'
+reports of failed readiness) into `policies.decide` calls, recording each
+agent's history (`runtime`), and scheduling restarts. After an agent's
+process ends, the keeper is the only actor that starts it again (see
+`ownership` for every phase's owner): apply, up, start and the boot sequence
+issue an agent's first start and then only wait for its outcome, which the
+keeper writes down (`AgentHistory.exits` moves once per decided end).
 
-Runs in a thread of its own: the listener's protocol loop only queues events
-(`submit`) and acknowledges them at once. Agents are rendered with
-supervisord's autorestart off and startretries 0, so supervisord never
-restarts them itself and the two never fight.
+Nothing is lost or doubled:
+  * `on_event` runs in the listener's protocol thread, and the listener
+    acknowledges an event only after it returns, so an event is acknowledged
+    once its decision is on disk. supervisord re-queues the event a listener
+    died holding, and delivers it to the restarted listener;
+  * a re-delivered event is recognised by its supervisord serial (stored per
+    agent as `last_event`) and not counted twice;
+  * a delayed restart is a deadline in the runtime state, never a sleep: a
+    listener that is killed and restarted picks up every pending restart at its
+    scheduled time.
+
+Three threads: the protocol thread (`on_event`), the timer thread (`run`:
+fires due restarts), and a worker for what waits (stops for a liveness failure
+or a dependency failure, bringing dependents back), so a slow stop never holds
+up another agent's restart. Agents are rendered with supervisord's autorestart
+off and startretries 0, so supervisord never restarts them itself.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import random
 import threading
@@ -28,137 +43,241 @@ from orchestrator.client import DOWN_STATES, UP_STATES, Client, SupervisorError
 from orchestrator.graph import Graph
 from orchestrator.history import History
 from orchestrator.model import Agent
-from orchestrator.policies import Decision, Exit, decide
-from orchestrator.render import process_names
-from orchestrator.sequencer import Sequencer
-
-STDERR_LINES = 10
-
+from orchestrator.policies import AgentHistory, Decision, Exit, decide
+from orchestrator.render import LOGS_DIR, process_names
+from orchestrator.sequencer import COMM_TYPE, Sequencer
 
 class Keeper:
     def __init__(self, state_dir: str, client: Client, *, log: Callable[[str], None],
-                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random) -> None:
+                 clock: Callable[[], float] = time.time, rand: Callable[[], float] = random.random,
+                 supervisord_pid: int | None = None) -> None:
         self.state_dir, self.client, self.log, self.clock, self.rand = state_dir, client, log, clock, rand
-        self.events: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
+        self.supervisord_pid = supervisord_pid if supervisord_pid is not None else os.getppid()
+        self.work: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
         self.timers: dict[str, float] = {}
+        self._timers_lock = threading.Lock()
+        self._wake = threading.Event()
         self.history = History(state_dir)
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
         self.recovering: set[str] = set()
-
-    # -- called from the protocol thread --------------------------------
-
-    def submit(self, event: str, payload: dict[str, str]) -> None:
-        self.events.put((event, payload))
-
-    # -- the keeper's own thread ----------------------------------------
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="restarts", daemon=True)
-        thread.start()
-        return thread
 
     def agents(self) -> Mapping[str, Agent]:
         current = self.history.current()
         return current.agents if current else {}
 
-    def run(self) -> None:
-        self.agents()
-        for name, entry in runtime.load(self.state_dir).agents.items():
-            if entry.next_restart_at is not None and not entry.given_up:
-                self.timers[name] = entry.next_restart_at
-                self.log(f"{name}: restart still pending, due in {max(0.0, entry.next_restart_at - self.clock()):.1f}s")
-        while True:
-            due = min(self.timers.values(), default=None)
-            timeout = None if due is None else max(0.0, due - self.clock())
-            try:
-                event, payload = self.events.get(timeout=timeout)
-            except queue.Empty:
-                event, payload = "", {}
-            try:
-                if event:
-                    self.handle(event, payload)
-                now = self.clock()
-                for name in [n for n, at in self.timers.items() if at <= now]:
-                    del self.timers[name]
-                    self.fire(name)
-            except (SupervisorError, OSError) as exc:  # supervisord busy or going away: keep going
-                self.log(f"restart keeper: {exc}")
-            except Exception as exc:  # noqa: BLE001 - a bug must not end every future restart: say it, go on
-                self.log(f"restart keeper: unexpected {type(exc).__name__}: {exc}")
+    # -- the protocol thread: one event at a time, acknowledged after this returns ------
 
-    def handle(self, event: str, payload: dict[str, str]) -> None:
+    def on_event(self, headers: Mapping[str, str], payload: Mapping[str, str], body: str = "") -> None:
+        event = headers.get("eventname", "")
+        serial = f"{self.supervisord_pid}:{headers.get('serial', '')}"
+        if event == "REMOTE_COMMUNICATION":
+            if payload.get("type") == COMM_TYPE:
+                self._on_comm(body, serial)
+        elif event.startswith("PROCESS_STATE_"):
+            self.handle(event, dict(payload), serial=serial)
+
+    def submit(self, event: str, payload: dict[str, str]) -> None:
+        """From the liveness monitor: handled by the worker thread."""
+        self.work.put((event, payload))
+
+    def _on_comm(self, body: str, serial: str) -> None:
+        try:
+            message = json.loads(body)
+            name, exits, detail = str(message["agent"]), int(message["exits"]), str(message.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            self.log(f"restart keeper: unreadable message {body[:200]!r}")
+            return
+        agent = self.agents().get(name)
+        if agent is None or message.get("kind") != "not-ready":
+            return
+        self._decide(agent, Exit(exitstatus=None, during_start=True, detail=detail), serial=serial, expect_exits=exits)
+
+    def handle(self, event: str, payload: dict[str, str], *, serial: str = "") -> None:
         group = payload.get("groupname", "")
         agent = self.agents().get(group)
         if agent is None:
             return
         state = event.removeprefix("PROCESS_STATE_")
         now = self.clock()
-        if state == "LIVENESS_FAILED":
-            self.liveness_failed(agent, payload.get("detail", "liveness failed"), now)
-            return
         if state == "STARTING":  # started, by anyone: no longer waiting for a dependency
-            with runtime.changing(self.state_dir) as live:
-                live.agents[group] = replace(live.agent(group).started(now), waiting_for="")
+            runtime.update_agent(self.state_dir, group, lambda h, _: replace(h.started(now), waiting_for=""))
             return
         if state == "RUNNING":
-            self.recover_dependents(group)
+            self.work.put(("RUNNING", {"groupname": group}))
             return
         if state == "STOPPED":
             if group in self.expect_stop:
                 self.expect_stop.discard(group)
                 return
-            if self.timers.pop(group, None) is not None:
+            with self._timers_lock:
+                cancelled = self.timers.pop(group, None) is not None
+            if cancelled:
                 self.log(f"{group}: stopped on request; its pending restart is cancelled")
-            with runtime.changing(self.state_dir) as live:
-                live.agents[group] = replace(live.agent(group), next_restart_at=None)
+            runtime.update_agent(self.state_dir, group, lambda h, _: replace(h, next_restart_at=None) if h.next_restart_at else None)
             return
         if state not in ("EXITED", "FATAL"):
             return
         process = f"{group}:{payload.get('processname', group)}"
-        exitstatus = self.client.process(process).exitstatus if state == "EXITED" else None
+        info = self.client.process(process)
+        exitstatus = None if info.spawnerr else info.exitstatus
         ended = Exit(exitstatus=exitstatus, expected=payload.get("expected") == "1", during_start=state == "FATAL")
-        with runtime.changing(self.state_dir) as live:
-            entry = live.agent(group)
-            if entry.given_up:
-                return
-            decision = decide(ended, entry, agent.restart, now, rand=self.rand())
-            latched = live.latch is not None
-            if latched and decision.action == "restart":
-                decision = replace(decision, action="record", reason=f"{decision.reason}; emergency stop latched: not restarted",
-                                   history=replace(decision.history, next_restart_at=None))
-            live.agents[group] = decision.history
-        self._carry_out(group, decision, process)
-        if (not ended.expected or ended.during_start) and not latched:
-            self.dependency_failed(group)
+        self._decide(agent, ended, serial=serial)
 
-    def _carry_out(self, group: str, decision: Decision, process: str) -> None:
+    def _decide(self, agent: Agent, ended: Exit, *, serial: str,
+                expect_exits: int | None = None) -> None:
+        """Decide on one end of `agent` and record it; carry the decision out (or hand it to the worker)."""
+        name = agent.name
+        now = self.clock()
+        outcome: list[Decision] = []
+
+        def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
+            if serial and entry.last_event == serial:
+                return None  # delivered again after the listener died holding it: already counted
+            if expect_exits is not None and entry.exits != expect_exits:
+                return None  # the attempt this report is about was already decided (it exited first)
+            if entry.given_up or entry.stopped:
+                decision = Decision("record", reason="given up" if entry.given_up else "stopped by the operator",
+                                    history=entry)
+            elif live.latch is not None or live.stand_down == self.supervisord_pid:
+                decision = decide(ended, entry, agent.restart, now, rand=self.rand())
+                why = "emergency stop latched" if live.latch is not None else "everything is being stopped"
+                if decision.action == "restart":
+                    decision = replace(decision, action="record", reason=f"{decision.reason}; {why}: not restarted",
+                                       history=replace(decision.history, next_restart_at=None))
+            else:
+                decision = decide(ended, entry, agent.restart, now, rand=self.rand())
+            outcome.append(decision)
+            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event)
+
+        runtime.update_agent(self.state_dir, name, change)
+        if not outcome:
+            return
+        decision = outcome[0]
+        self._carry_out(name, decision, agent)
+        noted_only = decision.reason in ("given up", "stopped by the operator")
+        if not noted_only and (decision.action in ("restart", "give-up") or not ended.expected):
+            self.work.put(("DEPENDENCY_FAILED", {"groupname": name}))
+
+    def _carry_out(self, name: str, decision: Decision, agent: Agent) -> None:
         if decision.action == "restart":
-            self.timers[group] = self.clock() + decision.delay
-            self.log(f"{group}: {decision.reason}")
+            self._arm(name, self.clock() + decision.delay)
+            self.log(f"{name}: {decision.reason}")
         elif decision.action == "give-up":
-            self.log(f"{group}: GIVEN UP: {decision.reason}")
-            self._log_stderr(process)
+            self.log(f"{name}: GIVEN UP: {decision.reason}")
+            self._log_stderr(agent)
         elif decision.action == "record":
-            self.log(f"{group}: {decision.reason}")
+            self.log(f"{name}: {decision.reason}")
+
+    def _arm(self, name: str, at: float) -> None:
+        with self._timers_lock:
+            self.timers[name] = at
+        self._wake.set()
+
+    # -- the timer thread ------------------------------------------------
+
+    def start(self) -> list[threading.Thread]:
+        threads = [threading.Thread(target=self.run, name="restarts", daemon=True),
+                   threading.Thread(target=self.run_worker, name="keeper-worker", daemon=True)]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def run(self) -> None:
+        self.agents()
+        for name, entry in runtime.load(self.state_dir).agents.items():
+            if entry.next_restart_at is not None and not entry.given_up and not entry.stopped:
+                self._arm(name, entry.next_restart_at)
+                self.log(f"{name}: restart still pending, due in {max(0.0, entry.next_restart_at - self.clock()):.1f}s")
+        while True:
+            with self._timers_lock:
+                due = min(self.timers.values(), default=None)
+            self._wake.wait(None if due is None else max(0.0, due - self.clock()))
+            self._wake.clear()
+            now = self.clock()
+            with self._timers_lock:
+                firing = [n for n, at in self.timers.items() if at <= now]
+                for name in firing:
+                    del self.timers[name]
+            for name in firing:
+                self._guarded(self.fire, name)
+
+    def _guarded(self, action: Callable[..., None], *args: object) -> None:
+        try:
+            action(*args)
+        except (SupervisorError, OSError) as exc:  # supervisord busy or going away: keep going
+            self.log(f"restart keeper: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug must not end every future restart: say it, go on
+            self.log(f"restart keeper: unexpected {type(exc).__name__}: {exc}")
+
+    def fire(self, name: str) -> None:
+        """A restart is due: start the agent's processes that are down, unless something changed meanwhile.
+
+        Under the runtime lock, so an operator's stop, `down` or an emergency stop
+        recorded before this point is seen, and one recorded after it finds the
+        process started and stops it. The pending mark is cleared after the start:
+        a listener killed in between finds it pending, sees the process up, and
+        starts nothing twice.
+        """
+        agent = self.agents().get(name)
+        if agent is None:
+            return
+        with runtime.locked(self.state_dir):
+            entry = runtime.load_agent(self.state_dir, name)
+            live = runtime.load_global(self.state_dir)
+            if live.latch is not None or live.stand_down == self.supervisord_pid or entry.given_up or entry.stopped \
+                    or entry.next_restart_at is None or entry.waiting_for:
+                return
+            started = False
+            for process in process_names(agent):
+                if self.client.process(process).state in DOWN_STATES:
+                    self.client.start_process(process)
+                    started = True
+            runtime.save_agent(self.state_dir, name, replace(entry, next_restart_at=None))
+        if started:
+            self.log(f"{name}: restarted")
+
+    # -- the worker thread: what waits -------------------------------------
+
+    def run_worker(self) -> None:
+        while True:
+            event, payload = self.work.get()
+            self._guarded(self._work, event, payload)
+
+    def _work(self, event: str, payload: dict[str, str]) -> None:
+        name = payload.get("groupname", "")
+        agent = self.agents().get(name)
+        if agent is None:
+            return
+        if event == "LIVENESS_FAILED":
+            self.liveness_failed(agent, payload.get("detail", "liveness failed"), self.clock())
+        elif event == "DEPENDENCY_FAILED":
+            self.dependency_failed(name)
+        elif event == "RUNNING":
+            self.recover_dependents(name)
 
     def liveness_failed(self, agent: Agent, detail: str, now: float) -> None:
         """A running agent failed its liveness probe: restart it through its policy, unless in cooldown."""
         name = agent.name
-        with runtime.changing(self.state_dir) as live:
-            entry = live.agent(name)
-            if entry.given_up or live.latch is not None:
-                return
+        outcome: list[Decision] = []
+
+        def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
+            if entry.given_up or entry.stopped or live.latch is not None or live.stand_down == self.supervisord_pid:
+                return None
             if entry.in_cooldown(agent.resources.cooldown, now):
                 self.log(f"{name}: {detail}; no action: in cooldown for {agent.resources.cooldown:g}s after the last one")
-                return
-            decision = decide(Exit(exitstatus=None), entry, agent.restart, now, rand=self.rand())
-            decision = replace(decision, reason=f"{detail}; {decision.reason.split('; ', 1)[-1]}",
-                               history=replace(decision.history, last_action_at=now, reason=detail))
-            live.agents[name] = decision.history
+                return None
+            decision = decide(Exit(exitstatus=None, detail=detail), entry, agent.restart, now, rand=self.rand())
+            decision = replace(decision, history=replace(decision.history, last_action_at=now))
+            outcome.append(decision)
+            return replace(decision.history, exits=entry.exits + 1)
+
+        runtime.update_agent(self.state_dir, name, change)
+        if not outcome:
+            return
         self.expect_stop.add(name)
         self.log(f"{name}: {detail}: stopping it")
         self.client.stop_group(name, wait=True)
-        self._carry_out(name, decision, f"{name}:{name}")
+        self._carry_out(name, outcome[0], agent)
         self.dependency_failed(name)
 
     # -- dependency failure ----------------------------------------------
@@ -174,9 +293,14 @@ class Keeper:
         if not acting:
             return
         with runtime.changing(self.state_dir) as live:
+            if live.latch is not None or live.stand_down == self.supervisord_pid:
+                return
+            acting = [d for d in acting if not live.agent(d).stopped]
             for dependent in acting:
                 if not live.agent(dependent).waiting_for:
                     live.agents[dependent] = replace(live.agent(dependent), waiting_for=name)
+        if not acting:
+            return
         stopping = [d for d in acting if agents[d].on_dependency_failure == "stop"]
         waiting = [d for d in acting if d not in stopping]
         if stopping:
@@ -198,14 +322,15 @@ class Keeper:
             restart = [d for d in waiting if agents[d].on_dependency_failure == "restart"]
             if restart:
                 stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
+            with runtime.changing(self.state_dir) as live:
+                for dependent in waiting:
+                    live.agents[dependent] = replace(live.agent(dependent), waiting_for="")
             up = {p.group for p in self.client.processes() if p.state in UP_STATES}
             needed = {d for w in waiting for d in agents[w].depends_on} - set(waiting)
-            result = Sequencer(self.client, agents, progress=lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())).run(
+            result = Sequencer(self.client, agents, state_dir=self.state_dir,
+                               progress=lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())).run(
                 [w for w in waiting if w not in up], verify=needed | {name})
             if result.ok:
-                with runtime.changing(self.state_dir) as live:
-                    for dependent in waiting:
-                        live.agents[dependent] = replace(live.agent(dependent), waiting_for="")
                 self.log(f"{name} is ready again: {', '.join(waiting)} back in order")
             else:
                 self.log(f"{name} is back but its dependents did not all come back: "
@@ -215,24 +340,7 @@ class Keeper:
         finally:
             self.recovering.discard(name)
 
-    def fire(self, name: str) -> None:
-        agent = self.agents().get(name)
-        if agent is None:
-            return
-        with runtime.changing(self.state_dir) as live:
-            entry = live.agent(name)
-            if live.latch is not None or entry.given_up or entry.next_restart_at is None or entry.waiting_for:
-                return
-            live.agents[name] = replace(entry, next_restart_at=None)
-        for process in process_names(agent):
-            if self.client.process(process).state in DOWN_STATES:
-                self.client.start_process(process)
-        self.log(f"{name}: restarted")
-
-    def _log_stderr(self, process: str) -> None:
-        try:
-            tail = self.client.stderr_tail(process, 8192)
-        except SupervisorError:
-            return
-        for line in tail.rstrip("\n").splitlines()[-STDERR_LINES:]:
-            self.log(f"    {line}")
+    def _log_stderr(self, agent: Agent) -> None:
+        """Where the agent's stderr is, not its text: a secret it printed stays in its own log."""
+        name = agent.name if agent.replicas == 1 else f"{agent.name}-*"
+        self.log(f"    its stderr: {os.path.join(self.state_dir, LOGS_DIR, name + '.err.log')}")

@@ -1,26 +1,44 @@
 """Runtime state that must survive the listener's restart: per-agent restart history and the emergency latch.
 
-Owned here: STATE/runtime.json, read and written whole under a file lock
-(the listener and the command line both change it), each write atomic, so a
-kill -9 at any moment leaves the old state or the new one. Called by the
-listener (policies), the control commands and status.
+Owned here: the state directory's runtime files.
+
+    STATE/runtime.json          the emergency latch, and down's stand-down mark
+    STATE/runtime/NAME.json     one agent's restart history (`policies.AgentHistory`)
+    STATE/runtime.json.lock     held while any of them is read-modified-written
+
+One small file per agent, so that the restart keeper records an exit with one
+fsynced write of a few hundred bytes (about 0.5 ms here) instead of rewriting
+every agent's history: with 200 agents crash-looping the whole-file rewrite
+was the listener's bottleneck. Every write is atomic (temporary file, fsync,
+rename), so a kill -9 at any moment leaves the old content or the new.
+
+Fields this version does not know (written by a newer one, or by hand) are
+ignored when read and never make the state unreadable.
+
+Called by the listener (restart keeper, liveness monitor, boot), the control
+commands, apply, down and status.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.history import write_atomically
 from orchestrator.policies import AgentHistory
 
 FILE = "runtime.json"
+AGENTS_DIR = "runtime"
+_SUFFIX = ".json"
 
 
 @dataclass
@@ -35,6 +53,9 @@ class Latch:
 class RuntimeState:
     agents: dict[str, AgentHistory] = field(default_factory=dict)
     latch: Latch | None = None
+    # `down` is stopping the supervisord with this pid: its restart keeper fires no restart any more.
+    stand_down: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)   # fields of runtime.json this version does not know
 
     def agent(self, name: str) -> AgentHistory:
         return self.agents.get(name, AgentHistory())
@@ -50,46 +71,141 @@ def describe_latch(latch: Latch) -> str:
 
 
 def refuse_if_latched(state_dir: str) -> None:
-    latch = load(state_dir).latch
+    latch = load_global(state_dir).latch
     if latch is not None:
         raise LatchedError(f"{describe_latch(latch)}: nothing starts until `orchestrator emergency-clear`")
 
 
-def _decode(data: dict[str, object]) -> RuntimeState:
-    agents = {}
-    for name, raw in dict(data.get("agents", {})).items():  # type: ignore[call-overload]
-        agents[name] = AgentHistory(**{**raw, "failures": tuple(raw.get("failures", ()))})
-    latch = data.get("latch")
-    return RuntimeState(agents=agents, latch=Latch(**latch) if isinstance(latch, dict) else None)
+_HISTORY_FIELDS = frozenset(f.name for f in dataclasses.fields(AgentHistory))
+
+
+def _history(raw: object) -> AgentHistory:
+    if not isinstance(raw, dict):
+        return AgentHistory()
+    known = {k: v for k, v in raw.items() if k in _HISTORY_FIELDS}
+    try:
+        return AgentHistory(**{**known, "failures": tuple(known.get("failures", ()))})
+    except TypeError:
+        return AgentHistory()
+
+
+def _agent_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, AGENTS_DIR, name + _SUFFIX)
+
+
+def load_agent(state_dir: str, name: str) -> AgentHistory:
+    """One agent's history (no lock: every file is replaced whole, so a reader sees one version of it)."""
+    try:
+        with open(_agent_path(state_dir, name), encoding="utf-8") as handle:
+            return _history(json.load(handle))
+    except FileNotFoundError:
+        return _legacy_agents(state_dir).get(name, AgentHistory())
+    except (OSError, ValueError):
+        return AgentHistory()
+
+
+def _read_global(state_dir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(state_dir, FILE), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _legacy_agents(state_dir: str) -> dict[str, AgentHistory]:
+    """Agents recorded inside runtime.json by an earlier version (read, never written back there)."""
+    raw = _read_global(state_dir).get("agents")
+    return {n: _history(h) for n, h in raw.items()} if isinstance(raw, dict) else {}
+
+
+def load_global(state_dir: str) -> RuntimeState:
+    """The latch and the stand-down mark, without the agents."""
+    data = _read_global(state_dir)
+    latch_raw = data.get("latch")
+    latch = None
+    if isinstance(latch_raw, dict):
+        latch = Latch(since=float(latch_raw.get("since", 0.0)), reason=str(latch_raw.get("reason", "")))
+    stand_down = data.get("stand_down")
+    extra = {k: v for k, v in data.items() if k not in ("latch", "stand_down", "format")}
+    return RuntimeState(latch=latch, stand_down=stand_down if isinstance(stand_down, int) else None, extra=extra)
 
 
 def load(state_dir: str) -> RuntimeState:
-    path = os.path.join(state_dir, FILE)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return _decode(json.load(handle))
-    except FileNotFoundError:
-        return RuntimeState()
-    except (ValueError, TypeError):
-        # unreadable state must not stop restarts: start from scratch (the file is rewritten at the next change)
-        return RuntimeState()
+    state = load_global(state_dir)
+    agents = _legacy_agents(state_dir)
+    directory = os.path.join(state_dir, AGENTS_DIR)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(directory):
+            if entry.endswith(_SUFFIX) and not entry.startswith("."):
+                agents[entry.removesuffix(_SUFFIX)] = load_agent(state_dir, entry.removesuffix(_SUFFIX))
+    state.agents = agents
+    return state
 
 
-def save(state_dir: str, state: RuntimeState) -> None:
-    data = {"agents": {n: {**asdict(h), "failures": list(h.failures)} for n, h in sorted(state.agents.items())},
-            "latch": asdict(state.latch) if state.latch else None}
+def save_agent(state_dir: str, name: str, history: AgentHistory) -> None:
+    os.makedirs(os.path.join(state_dir, AGENTS_DIR), exist_ok=True)
+    data = {**asdict(history), "failures": list(history.failures)}
+    write_atomically(_agent_path(state_dir, name), json.dumps(data, indent=1))
+
+
+def _save_global(state_dir: str, state: RuntimeState) -> None:
+    data = {**state.extra, "format": 2, "latch": asdict(state.latch) if state.latch else None,
+            "stand_down": state.stand_down}
     write_atomically(os.path.join(state_dir, FILE), json.dumps(data, indent=1))
 
 
 @contextmanager
-def changing(state_dir: str) -> Iterator[RuntimeState]:
-    """Read, let the caller change, and write back the runtime state, holding its lock throughout."""
+def locked(state_dir: str) -> Iterator[None]:
+    """Hold the runtime lock (every read-modify-write of the runtime files holds it)."""
     os.makedirs(state_dir, exist_ok=True)
     with open(os.path.join(state_dir, FILE + ".lock"), "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            state = load(state_dir)
-            yield state
-            save(state_dir, state)
+            yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def changing(state_dir: str) -> Iterator[RuntimeState]:
+    """Read, let the caller change, and write back the runtime state, holding its lock throughout.
+
+    Only what changed is written: the agents whose history differs, and runtime.json when
+    the latch or the stand-down mark did.
+    """
+    with locked(state_dir):
+        state = load(state_dir)
+        before_agents = dict(state.agents)
+        before = (state.latch, state.stand_down)
+        yield state
+        for name, history in state.agents.items():
+            if before_agents.get(name) != history:
+                save_agent(state_dir, name, history)
+        if (state.latch, state.stand_down) != before:
+            _save_global(state_dir, state)
+
+
+def update_agent(state_dir: str, name: str,
+                 change: Callable[[AgentHistory, RuntimeState], AgentHistory | None]) -> AgentHistory:
+    """Change one agent's history under the lock: `change(history, global_state)` returns the new one (None: no change).
+
+    The restart keeper's path: it reads and writes one small file, not every agent's.
+    """
+    with locked(state_dir):
+        current = load_agent(state_dir, name)
+        new = change(current, load_global(state_dir))
+        if new is None or new == current:
+            return current
+        save_agent(state_dir, name, new)
+        return new
+
+
+def forget(state_dir: str, names: list[str]) -> None:
+    """Drop the histories of agents that no longer exist."""
+    with locked(state_dir):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_agent_path(state_dir, name))

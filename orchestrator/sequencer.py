@@ -3,30 +3,40 @@
 Owned here: the start of a set of agents as a dependency-driven schedule. An
 agent starts the moment all it depends on is ready, not when its whole wave
 is, so agents of one level start in parallel and a start takes about the
-critical path. Ready means: its readiness probe passes while its processes
-are up, or, without a probe, supervisord reports every process RUNNING (after
-`min_uptime`). A start that does not become ready within its timeout is
-retried as the manifest says, then stopped; agents that depend on it are not
-started, and after a failure nothing new is started; whatever was already
-fine keeps running.
+critical path. Ready means: every process of the agent is RUNNING (it stayed
+up for `min_uptime`) and its readiness probe passes, answered by the agent's
+own processes (see `ports`).
 
-Called by apply and by the boot listener. Progress is reported through a
-callback, so the caller decides how to show it.
+The sequencer issues an agent's first start and then only waits: a start
+that fails (the process exits before `min_uptime`, or the probe does not pass
+within `readiness.timeout`, after which the sequencer stops it and reports it
+to the keeper) is a failed attempt of the agent's restart policy, and the
+restart keeper alone decides whether and when it is tried again. The
+sequencer shows each attempt (`attempt 2/5 in 1.0s: exited after 0.2s
+(exit status 1)`) and ends an agent's wait when it is ready or given up.
+Agents that depend on a failed agent are not started, and after a failure
+nothing new is started; whatever was already fine keeps running.
+
+Called by apply, control's start and the boot listener. Progress is reported
+through a callback, so the caller decides how to show it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from orchestrator import probes
+from orchestrator import ports, probes, runtime
 from orchestrator.client import DOWN_STATES, RUNNING, Client, ProcessInfo, SupervisorError
 from orchestrator.model import Agent
+from orchestrator.policies import AgentHistory
 from orchestrator.render import process_names
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING
+DECISION_TIMEOUT = 15.0   # how long the restart keeper may take to record an attempt's end, or to fire a due restart
 WAITING_EVERY = 5.0       # a long wait for readiness says so this often
 STATE_POLL = 0.1          # how often a start's process state is read from supervisord
 STDERR_LINES = 10
@@ -67,6 +77,20 @@ class Result:
         return [o for o in self.outcomes.values() if not o.ok]
 
 
+# The REMOTE_COMMUNICATION type a starter uses to report a failed readiness wait to the restart keeper.
+COMM_TYPE = "orchestrator"
+
+
+def report_not_ready(client: Client, agent: str, *, exits: int, detail: str) -> None:
+    """A starter stopped `agent` because it did not become ready: the keeper decides what follows.
+
+    Sent through supervisord (sendRemoteCommEvent), so it reaches the listener as an
+    event, acknowledged only once decided; `exits` is the count the starter saw, so
+    a report about an attempt the keeper has already decided on is ignored.
+    """
+    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "not-ready", "agent": agent, "exits": exits, "detail": detail}))
+
+
 class _Watch:
     """The state of one agent's processes, read from supervisord at most every STATE_POLL seconds."""
 
@@ -96,13 +120,15 @@ class _Watch:
 
 
 class Sequencer:
-    def __init__(self, client: Client, agents: Mapping[str, Agent], *,
+    def __init__(self, client: Client, agents: Mapping[str, Agent], *, state_dir: str,
                  progress: Callable[[Event], None] = lambda event: None,
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_parallel: int = 32) -> None:
-        self.client, self.agents, self.progress = client, agents, progress
-        self.env, self.cwd, self.clock, self.max_parallel = env, cwd, clock, max_parallel
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 max_parallel: int = 32) -> None:
+        self.client, self.agents, self.progress, self.state_dir = client, agents, progress, state_dir
+        self.env, self.cwd, self.clock, self.wall, self.max_parallel = env, cwd, clock, wall, max_parallel
         self.began = clock()
+        self._supervisord_pid: int | None = None
 
     def _emit(self, kind: str, agent: str, detail: str = "") -> None:
         self.progress(Event(kind, agent, self.clock() - self.began, detail))
@@ -145,63 +171,127 @@ class Sequencer:
 
     def _bring_up(self, name: str, verify_only: bool) -> Outcome:
         agent = self.agents[name]
-        outcome = Outcome(agent=name, ok=False, started_at=self.clock(), verified_only=verify_only)
-        attempts = 1 + (agent.readiness.retries if agent.readiness else 0)
+        outcome = Outcome(agent=name, ok=False, started_at=self.clock(), verified_only=verify_only, attempts=1)
         try:
-            for attempt in range(1, attempts + 1):
-                outcome.attempts = attempt
-                if not verify_only:
-                    self._emit("starting", name, f"attempt {attempt}/{attempts}" if attempt > 1 else "")
-                    self.client.start_group(name, wait=False)
-                ok, detail, status = self._wait_ready(agent)
-                if ok:
-                    outcome.ok, outcome.detail, outcome.ready_at = True, detail, self.clock()
-                    self._emit("ready", name, f"{outcome.ready_at - outcome.started_at:.1f}s")
-                    return outcome
-                outcome.detail, outcome.exitstatus = detail, status
-                if verify_only:
-                    break
-                if attempt < attempts:
-                    self._emit("retrying", name, detail)
-                    self.client.stop_group(name, wait=True)
-            if not verify_only:
-                outcome.stderr = self._stderr(agent)
-                self.client.stop_group(name, wait=True)
+            if verify_only:
+                state, detail, status = self._wait_attempt(agent)
+                ok = state == "ready"
+            else:
+                ok, detail, status = self._start(agent, outcome)
         except SupervisorError as exc:
-            outcome.detail = str(exc)
+            ok, detail, status = False, str(exc), None
+        if ok:
+            outcome.ok, outcome.detail, outcome.ready_at = True, detail, self.clock()
+            self._emit("ready", name, f"{outcome.ready_at - outcome.started_at:.1f}s")
+            return outcome
+        outcome.detail, outcome.exitstatus = detail, status
+        if not verify_only:
+            outcome.stderr = self._stderr(agent)
         self._emit("failed", name, outcome.detail)
         return outcome
 
-    def _wait_ready(self, agent: Agent) -> tuple[bool, str, int | None]:
+    def _start(self, agent: Agent, outcome: Outcome) -> tuple[bool, str, int | None]:
+        """Start `agent` once and follow its attempts until it is ready or the keeper gives it up."""
+        name = agent.name
+        seen = runtime.load_agent(self.state_dir, name).exits
+        self._emit("starting", name)
+        self.client.start_group(name, wait=False)
+        while True:
+            state, detail, status = self._wait_attempt(agent)
+            if state == "ready":
+                return True, detail, None
+            if state == "stopped":
+                return False, detail, status
+            if state == "timeout":  # not ready in time: a failed attempt; the keeper decides what follows
+                self.client.stop_group(name, wait=True)
+                report_not_ready(self.client, name, exits=seen, detail=detail)
+            entry = self._await_decision(name, seen)
+            seen = entry.exits
+            if entry.given_up or entry.next_restart_at is None:
+                return False, entry.reason or detail, status
+            outcome.attempts += 1
+            limit = agent.restart.max_attempts if agent.restart.policy != "manual" else 1
+            self._emit("retrying", name, f"attempt {outcome.attempts}/{limit} in "
+                       f"{max(0.0, entry.next_restart_at - self.wall()):.1f}s: {entry.reason}")
+            problem = self._await_restart(agent, seen)
+            if problem:
+                return False, problem, status
+
+    def _await_decision(self, name: str, seen: int) -> AgentHistory:
+        """The keeper's record of the attempt that just ended (its `exits` moves past `seen`)."""
+        deadline = self.clock() + DECISION_TIMEOUT
+        while True:
+            entry = runtime.load_agent(self.state_dir, name)
+            if entry.exits > seen:
+                return entry
+            if self.clock() > deadline:
+                raise SupervisorError(f"the restart keeper recorded no decision about {name} within "
+                                      f"{DECISION_TIMEOUT:g}s (see logs/_orchestrator.log)")
+            time.sleep(STATE_POLL / 2)
+
+    def _await_restart(self, agent: Agent, seen: int) -> str | None:
+        """Wait for the keeper's restart of `agent`; why it will not come, or None once it is starting."""
+        watch = _Watch(self.client, agent, self.clock)
+        while True:
+            entry = runtime.load_agent(self.state_dir, agent.name)
+            if entry.exits > seen or entry.given_up:
+                return entry.reason or "given up"
+            if entry.stopped:
+                return "stopped by the operator"
+            if self._standing_down():
+                return "not restarted: everything is being stopped"
+            if entry.next_restart_at is None or any(i.state in ("STARTING", RUNNING) for i in watch.read()):
+                if any(i.state in ("STARTING", RUNNING) for i in watch.read()):
+                    return None
+                return entry.reason or "its restart was cancelled"
+            due = entry.next_restart_at
+            if self.wall() > due + DECISION_TIMEOUT:
+                return f"its restart was due {self.wall() - due:.0f}s ago and did not happen (see logs/_orchestrator.log)"
+            time.sleep(STATE_POLL / 2)
+
+    def _standing_down(self) -> bool:
+        stand_down = runtime.load_global(self.state_dir).stand_down
+        if stand_down is None:
+            return False
+        if self._supervisord_pid is None:
+            self._supervisord_pid = self.client.pid()
+        return stand_down == self._supervisord_pid
+
+    def _wait_attempt(self, agent: Agent) -> tuple[str, str, int | None]:
+        """Wait for one attempt: ("ready" | "down" | "stopped" | "timeout", detail, exit status)."""
         watch = _Watch(self.client, agent, self.clock)
         probe = agent.readiness
         timeout = probe.timeout if probe else max(NO_PROBE_TIMEOUT, agent.min_uptime + 10.0)
         began = self.clock()
-        deadline = began + timeout
-        said = [began]
-
-        def down() -> str | None:
-            """Whether the agent died; also, every WAITING_EVERY seconds, that it is still being waited for."""
+        deadline, said = began + timeout, began
+        next_check = began + (probe.initial_delay if probe else 0.0)
+        passed, detail = probe is None, "RUNNING"
+        while True:
             now = self.clock()
-            if now - said[0] >= WAITING_EVERY:
-                said[0] = now
+            if now - said >= WAITING_EVERY:
+                said = now
                 self._emit("waiting", agent.name, f"{now - began:.0f}s of {timeout:g}s"
                            + (f" for {probes.describe(probe)}" if probe else " for RUNNING"))
-            return watch.down()
-
-        if probe is None:
-            while self.clock() < deadline:
-                reason = down()
-                if reason:
-                    return False, reason, self._exitstatus(watch)
-                if watch.all_running():
-                    return True, "RUNNING", None
-                time.sleep(STATE_POLL)
-            return False, f"not RUNNING after {timeout:g}s", None
-        result = probes.wait_ready(probe, deadline=deadline, alive=down, env=self.env, cwd=self.cwd, clock=self.clock)
-        if result.ok:
-            return True, result.detail, None
-        return False, result.detail, self._exitstatus(watch)
+            infos = watch.read()
+            stopped = [i for i in infos if i.state in ("STOPPED", "STOPPING")]
+            if stopped:
+                return "stopped", f"{stopped[0].name} was stopped while starting", None
+            reason = watch.down()
+            if reason:
+                return "down", reason, self._exitstatus(watch)
+            if probe is not None and not passed and now >= next_check:
+                result = probes.check(probe, timeout=max(probes.MIN_CHECK_TIMEOUT, min(deadline - now, max(probe.period, 1.0))),
+                                      env=self.env, cwd=self.cwd)
+                next_check = self.clock() + probe.period
+                problem = ports.owner_problem(probe.target, probe.kind, [i.pid for i in infos if i.pid]) \
+                    if result.ok and probe.kind in ("tcp", "http") else None
+                passed, detail = result.ok and problem is None, problem or result.detail
+            if passed and watch.all_running():
+                return "ready", detail, None
+            if self.clock() >= deadline:
+                why = detail if not passed else "not RUNNING (min_uptime)"
+                return "timeout", f"not ready after {timeout:g}s: {why}", None
+            time.sleep(STATE_POLL / 2)
 
     @staticmethod
     def _exitstatus(watch: _Watch) -> int | None:

@@ -97,6 +97,12 @@ class Project:
             rows.append((name, what, float(when), int(pid)))
         return rows
 
+    def runtime(self, agent: str) -> dict[str, object]:
+        """The restart keeper's record of `agent` (empty until it has one)."""
+        import json
+        path = self.state / "runtime" / f"{agent}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def supervisord_pid(self) -> int | None:
         try:
             pid = int((self.state / "supervisord.pid").read_text().strip())

@@ -130,14 +130,18 @@ def test_a_priority_or_probe_change_is_applied_without_a_restart(project):
 def test_an_agent_that_never_becomes_ready_fails_the_apply_and_blocks_its_dependents(project):
     ports = dict(zip(["feed", "stuck", "after", "aside"], free_ports(4), strict=True))
     project.toy("feed", ports["feed"])
-    project.toy("stuck", ports["stuck"], depends_on=["feed"], extra=["--never-ready"], timeout="6s")
+    # a start that is not ready in time is a failed attempt of the restart policy: two of them give it up
+    project.toy("stuck", ports["stuck"], depends_on=["feed"], extra=["--never-ready"], timeout="6s",
+                more="restart: {policy: delayed, delay: 0.5s, max_attempts: 2}\n")
     project.toy("after", ports["after"], depends_on=["stuck"])
     project.toy("aside", ports["aside"], depends_on=["feed"])
     started = time.monotonic()
     done = project.run("up")
     took = time.monotonic() - started
     assert done.returncode == 1
-    assert "stuck did not become ready: not ready after 6.0s" in done.stderr, done.stderr
+    assert "stuck did not become ready: 2 failed attempts" in done.stderr, done.stderr
+    assert "last: not ready after 6.0s" in done.stderr
+    assert "stuck                    retrying  attempt 2/2 in 0.5s: not ready after 6.0s" in done.stderr
     assert "stuck                    waiting  5s of 6s for tcp 127.0.0.1:" in done.stderr  # progress while it waits
     assert "cache warm-up failed: upstream refused" in done.stderr  # its last stderr lines
     assert "not started: after" in done.stderr
@@ -147,7 +151,7 @@ def test_an_agent_that_never_becomes_ready_fails_the_apply_and_blocks_its_depend
     assert states["stuck"] == "GIVEN UP" and states["after"] == "STOPPED"
     assert "after" not in {name for name, *_ in project.events()}
     status = json.loads(project.run("status", "--output", "json", "stuck").stdout)[0]
-    assert status["reason"].startswith("did not become ready when started: not ready after 6.0s")
+    assert "last: not ready after 6.0s" in status["reason"]
 
 
 def test_after_supervisord_is_killed_starting_it_again_brings_every_agent_back_in_order(project):

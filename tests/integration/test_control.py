@@ -57,8 +57,7 @@ def test_no_deps_limits_a_stop_to_the_agents_named(project):
 def test_a_manual_start_clears_a_given_up_agent(project):
     log = _crasher(project, "crasher", "{policy: immediate, max_attempts: 2}")
     project.run("up")
-    wait_until(lambda: json.loads((project.state / "runtime.json").read_text())["agents"]["crasher"]["given_up"]
-               if (project.state / "runtime.json").exists() else False, 20, message="the agent to be given up")
+    wait_until(lambda: project.runtime("crasher").get("given_up"), 20, message="the agent to be given up")
     rows = json.loads(project.run("status", "--output", "json").stdout)
     assert rows[0]["state"] == "GIVEN UP" and rows[0]["given_up"] is True
     assert "GIVEN UP" in project.run("status").stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -67,7 +66,7 @@ def test_restarts_follow_the_policy_schedule_then_the_agent_is_given_up(project,
     gaps = _gaps(log)
     assert len(_times(log, "start")) == 4, f"starts: {_times(log, 'start')}"
     assert all(_within(g, e) for g, e in zip(gaps, expected, strict=True)), f"gaps {gaps}, expected {expected}"
-    runtime = json.loads((project.state / "runtime.json").read_text())["agents"]["crasher"]
+    runtime = project.runtime("crasher")
     assert runtime["given_up"] is True and "4 failed attempts" in runtime["reason"]
     assert "GIVEN UP" in (project.state / "logs" / "_orchestrator.log").read_text()
 
@@ -85,7 +84,7 @@ def test_a_restart_pending_when_the_listener_is_killed_still_happens_on_time(pro
     wait_until(lambda: len(_times(log, "start")) >= 2, 15, message="the pending restart")
     listener_log = (project.state / "logs" / "_orchestrator.log").read_text()
     assert _within(_times(log, "start")[1] - exit_at, 3.0), f"exit {exit_at}, starts {_times(log, 'start')}\n{listener_log}"
-    runtime = json.loads((project.state / "runtime.json").read_text())["agents"]["crasher"]
+    runtime = project.runtime("crasher")
     assert len(runtime["failures"]) >= 1 and runtime["restarts"] >= 1
 
 

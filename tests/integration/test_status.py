@@ -46,8 +46,9 @@ def test_status_exits_3_when_a_desired_agent_is_down_and_names_it_in_the_table(p
     project.run("up", check=True)
     calc = project.pids()["calc"]
     os.kill(calc, signal.SIGKILL)
-    wait_until(lambda: project.run("status").returncode == 3, 15, message="status to report calc down")
-    table = project.run("status").stdout
+    # calc's restart policy brings it back a second later: read the table of the status call that saw it down
+    down = wait_until(lambda: (done := project.run("status")).returncode == 3 and done, 15, message="status to report calc down")
+    table = down.stdout
     assert table.splitlines()[0].split()[:3] == ["AGENT", "STATE", "PID"]
     line = next(line for line in table.splitlines() if line.startswith("calc"))
     assert "RUNNING" not in line and " no " in f" {line} "

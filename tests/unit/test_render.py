@@ -17,9 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from supervisor.options import ServerOptions
 
 from orchestrator import render
+from orchestrator.cli import cli
 from orchestrator.errors import ManifestError
 from orchestrator.manifest import LoadOptions, load
 from tests.conftest import DEFAULT_MANIFESTS, FIXTURES, REPO
@@ -122,3 +124,24 @@ def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):
     written = rendering.write(str(tmp_path / "out"))
     assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in written) == sorted(rendering.files)
     assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
+
+
+def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_agent(tmp_path, monkeypatch):
+    """`render --out DIR` once wrote an `[include]` of the state directory's current/programs/*.conf, so
+    `supervisord -c DIR/supervisord.conf` loaded none of the programs just written to DIR (and make bench failed)."""
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)  # supervisord wants its log directory to exist
+    monkeypatch.chdir(tmp_path)  # a relative DIR, and supervisord run from elsewhere: the include resolves from the file
+    result = CliRunner().invoke(cli, ["-m", str(DEFAULT_MANIFESTS), "--state-dir", str(state), "render", "--out", "out"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    manifests = load(LoadOptions(str(DEFAULT_MANIFESTS), state_dir=str(state)))
+
+    options = ServerOptions()
+    options.configfile = str(out / render.MAIN_CONFIG)
+    options.process_config(do_usage=False)
+    groups = sorted(g.name for g in options.process_group_configs if g.name != render.LISTENER)
+    assert groups == sorted(manifests.names)
+    assert f"files = {render.PROGRAMS_DIR}/*.conf" in (out / render.MAIN_CONFIG).read_text().splitlines()
+    included = sorted(info.split('"')[1] for info in options.parse_infos if info.startswith("Included extra file"))
+    assert included == sorted(str(out / render.PROGRAMS_DIR / f"{name}.conf") for name in manifests.names)

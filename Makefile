@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-down test test-fast bench lint clean
+.PHONY: demo demo-down test test-fast test-contended bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -x tests/unit
+
+# The integration tests while both cores are kept busy by CPU burners (started and stopped by tests/contend.py).
+test-contended: $(STAMP)
+	$(BIN)/python tests/contend.py -- $(BIN)/pytest -q tests/integration
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -165,3 +165,64 @@ def terminate_as_interrupt() -> None:
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)
+
+
+# Helpers for bench_crashloop and bench_down.
+
+def up_argv(orchestrator: str, manifests: Path) -> list[str]:
+    """`orchestrator -m DIR up`, with `--yes` when this version's `up` takes it (without a terminal it asks nothing)."""
+    usage = subprocess.run([orchestrator, "up", "--help"], capture_output=True, text=True).stdout
+    return [orchestrator, "-m", str(manifests), "up", *(["--yes"] if "--yes" in usage else [])]
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """The nearest-rank percentile (share in [0, 1]) of a non-empty sequence."""
+    import math
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
+
+
+def sweep_marked(variable: str, value: str) -> list[int]:
+    """SIGKILL every process whose environment has `variable`=`value` (a marker only this run sets); the PIDs killed."""
+    import contextlib
+    import os
+    import psutil
+    killed = []
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and process.environ().get(variable) == value:
+                process.kill()
+                killed.append(process.pid)
+    return killed
+
+
+def stop_supervisord(pid_file: Path, config: Path, supervisorctl: str, *, timeout: float = 60.0) -> float | None:
+    """`supervisorctl -c CONFIG shutdown`, then wait for the pid file's process to go; SIGTERM, then SIGKILL, if it lingers.
+
+    Only the process the pid file names, and only if its command line names `config`'s directory.
+    Returns the seconds from the shutdown request to the process gone, or None if there was none to stop.
+    """
+    import contextlib
+    import psutil
+    try:
+        process = psutil.Process(int(pid_file.read_text().strip()))
+        if not any(str(config.parent) in arg for arg in process.cmdline()):
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    started = time.perf_counter()
+    with contextlib.suppress(Exception):
+        subprocess.run([supervisorctl, "-c", str(config), "shutdown"], capture_output=True, text=True, timeout=timeout)
+    try:
+        process.wait(timeout)
+        return time.perf_counter() - started
+    except psutil.NoSuchProcess:
+        return time.perf_counter() - started
+    except psutil.TimeoutExpired:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+            process.wait(15)
+    with contextlib.suppress(psutil.Error):
+        process.kill()
+        process.wait(5)
+    return None

@@ -64,7 +64,7 @@ def client_for(manifests: ManifestSet, *, timeout: float = 10.0) -> Client:
 
 def observe(client: Client) -> Observed:
     try:
-        return Observed.of(client.processes())
+        return Observed.of(client.processes(), client.config_hashes())
     except NotRunningError:
         return Observed(running=False)
 
@@ -75,7 +75,7 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
     current = History(manifests.state_dir).current()
     programs = {a.name: rendering.program(a.name) for a in manifests.agents}
     return (plan(manifests, programs, observe(client), current.agents if current else None,
-                 current.programs if current else None), rendering)
+                 current.programs if current else None, hashes=rendering.hashes), rendering)
 
 
 def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str, Iterable[str]],
@@ -179,6 +179,9 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
         project = os.path.dirname(manifests.manifests_dir)
         sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=project)
         report.start = sequencer.run(to_start, verify=verify)
+    live_version = history.current()
+    if version is None and report.ok and live_version is not None and live_version.status != "applied":
+        version = live_version  # an interrupted apply's version, finished now
     if version is not None:
         history.mark(version, "applied" if report.ok else "failed")
     if not report.ok:

@@ -196,6 +196,43 @@ class Client:
         """One process, by `group:name`."""
         return ProcessInfo.from_rpc(self._call("supervisor.getProcessInfo", full_name))
 
+    def process_times(self, full_name: str) -> tuple[float, float, int | None]:
+        """(last start, last stop, exit status) of a process; to the microsecond with orchestrator's extension,
+        else in supervisord's whole seconds."""
+        try:
+            times = self._call("orchestrator.getProcessTimes", full_name)
+            status = int(times["exitstatus"])
+            return float(times["start"]), float(times["stop"]), None if status == -1 else status
+        except SupervisorError as exc:
+            if exc.fault != Faults.UNKNOWN_METHOD:
+                raise
+        info = self.process(full_name)
+        return float(info.start), float(info.now), info.exitstatus
+
+    def start_once(self, full_name: str, token: str) -> bool:
+        """Start a process for the restart decision `token`, at most once per token (orchestrator's extension).
+
+        True when it started now. Without the extension, a plain start of a process that is down.
+        """
+        try:
+            return bool(self._call("orchestrator.startOnce", full_name, token))
+        except SupervisorError as exc:
+            if exc.fault != Faults.UNKNOWN_METHOD:
+                raise
+        if self.process(full_name).state in DOWN_STATES:
+            self.start_process(full_name)
+            return True
+        return False
+
+    def config_hashes(self) -> dict[str, str] | None:
+        """Each group's configuration hash as supervisord holds it; None without orchestrator's extension."""
+        try:
+            return {str(k): str(v) for k, v in self._call("orchestrator.getConfigHashes").items()}
+        except SupervisorError as exc:
+            if exc.fault in (Faults.UNKNOWN_METHOD,):
+                return None
+            raise
+
     def send_remote_comm(self, kind: str, data: str) -> None:
         """Emit a REMOTE_COMMUNICATION event to the event listeners (supervisord queues it for them)."""
         self._call("supervisor.sendRemoteCommEvent", kind, data)

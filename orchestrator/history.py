@@ -93,6 +93,7 @@ def _point(link: str, target: str) -> None:
 
 
 CLAIM = "up.claim"
+LISTENER_READY = "listener.ready"  # the pid of the listener that reads events now (written by it, read by up)
 
 
 def leave_claim(state_dir: str, supervisord_pid: int) -> None:

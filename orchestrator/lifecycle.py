@@ -22,7 +22,7 @@ from orchestrator import orphans, render, runtime
 from orchestrator.apply import ApplyReport, converge, mark_stopping, stop_in_order
 from orchestrator.client import Client, SupervisorError
 from orchestrator.errors import StateError
-from orchestrator.history import History, leave_claim
+from orchestrator.history import LISTENER_READY, History, leave_claim
 from orchestrator.model import ManifestSet
 from orchestrator.sequencer import Event
 
@@ -70,6 +70,22 @@ def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], No
         if time.monotonic() > deadline:
             raise StateError(f"supervisord did not answer on {client.socket_path} within {START_TIMEOUT:g}s; "
                              f"see {os.path.join(state_dir, render.LOGS_DIR, 'supervisord.log')}")
+        time.sleep(0.05)
+    _wait_for_listener(state_dir, client, deadline)
+
+
+def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
+    """Until orchestrator's listener reads events: an agent's first exit is then decided at once, not
+    after the listener's own start (about 0.3 s of imports)."""
+    ready = os.path.join(state_dir, LISTENER_READY)
+    while time.monotonic() < deadline:
+        try:
+            listener = client.process(f"{render.LISTENER}:{render.LISTENER}").pid
+            with open(ready, encoding="utf-8") as handle:
+                if listener and handle.read().strip() == str(listener):
+                    return
+        except (OSError, SupervisorError):
+            pass
         time.sleep(0.05)
 
 

@@ -36,7 +36,7 @@ from supervisor import childutils
 from orchestrator import orphans, runtime
 from orchestrator.client import DOWN_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
-from orchestrator.history import History, take_claim
+from orchestrator.history import LISTENER_READY, History, take_claim, write_atomically
 from orchestrator.monitor import LivenessMonitor
 from orchestrator.restarts import Keeper
 from orchestrator.sequencer import Event, Sequencer
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: Te
     monitor = LivenessMonitor(state_dir, Client(socket_path), keeper.submit, log=log)
     threading.Thread(target=monitor.run, name="liveness", daemon=True).start()
     failures: dict[str, int] = {}
+    write_atomically(os.path.join(state_dir, LISTENER_READY), str(os.getpid()))  # `up` waits for this before starting agents
     while True:
         headers, payload = childutils.listener.wait(stdin, stdout)
         event = headers.get("eventname", "")

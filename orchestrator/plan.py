@@ -36,13 +36,14 @@ class Observed:
 
     running: bool
     groups: Mapping[str, tuple[ProcessInfo, ...]] = field(default_factory=dict)
+    configs: Mapping[str, str] = field(default_factory=dict)   # group -> the configuration hash supervisord holds for it
 
     @classmethod
-    def of(cls, processes: list[ProcessInfo]) -> Observed:
+    def of(cls, processes: list[ProcessInfo], configs: Mapping[str, str] | None = None) -> Observed:
         groups: dict[str, list[ProcessInfo]] = {}
         for process in processes:
             groups.setdefault(process.group, []).append(process)
-        return cls(running=True, groups={g: tuple(p) for g, p in groups.items()})
+        return cls(running=True, groups={g: tuple(p) for g, p in groups.items()}, configs=configs or {})
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,19 @@ def _changed_fields(old: Agent, new: Agent) -> tuple[str, ...]:
 
 
 def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
-         last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None) -> Plan:
+         last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
+         *, hashes: Mapping[str, str] | None = None) -> Plan:
     """The actions that make supervisord match `desired`.
 
-    `programs` are the desired rendered program sections by agent; `last_*`
-    what the live version recorded (None when nothing was applied yet).
-    Internal groups (names starting with '_') are not agents and never planned.
+    `programs` are the desired rendered program sections by agent, `hashes`
+    their configuration hashes; `last_*` what the live version recorded (None
+    when nothing was applied yet). A group whose configuration hash in
+    supervisord differs from the desired one is replaced, whatever the live
+    version says: an apply was interrupted between recording the version and
+    replacing the agent. Internal groups (names starting with '_') are not
+    agents and never planned.
     """
+    hashes = hashes or {}
     last_agents = last_agents or {}
     last_programs = last_programs or {}
     actions: list[Action] = []
@@ -117,6 +124,10 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
             actions.append(Action("add", name, reason=reason))
             continue
         previous = last_agents.get(name)
+        held = observed.configs.get(name)
+        if held is not None and name in hashes and held != hashes[name]:
+            actions.append(Action("replace", name, ("supervisord settings",), "running an older configuration"))
+            continue
         if previous is None or name not in last_programs:
             actions.append(Action("replace", name, reason="not applied by orchestrator before"))
             continue

@@ -35,7 +35,7 @@ class Exit:
     exitstatus: int | None
     expected: bool = False    # supervisord's verdict: the status is in the agent's exit codes
     requested: bool = False   # stopped on purpose (a stop command, apply, down): never a failure
-    during_start: bool = False  # it ended before it was up for min_uptime (supervisord FATAL)
+    during_start: bool = False  # it ended before it was up for min_uptime, or before it was ready
     detail: str = ""           # what happened, when not an exit: "not ready after 10s: ...", a liveness failure
 
 
@@ -53,6 +53,7 @@ class AgentHistory:
     waiting_for: str = ""                 # a dependency that stopped being ready: this agent acts when it is back
     stopped: bool = False                 # stopped by the operator (stop, down, apply's removal): nothing restarts it
     exits: int = 0                        # ends the keeper has decided on; a starter waits for it to move
+    decided_at: float | None = None       # when the keeper last decided (a pending restart's delay counts from it)
     last_event: str = ""                  # "SUPERVISORD_PID:SERIAL" of the last event handled: a redelivery is not counted twice
 
     def started(self, now: float) -> AgentHistory:

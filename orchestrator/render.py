@@ -12,12 +12,13 @@ Called by `cli` (render, validate) and, later, by apply.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ LISTENER = "_orchestrator"   # orchestrator's own event listener; agent names ca
 # Every process orchestrator starts carries this variable, naming its state
 # directory: how orphans of a killed supervisord are found (and nothing else).
 MARKER = "ORCHESTRATOR_STATE_DIR"
+# Every agent process also carries the hash of the program section it was started from, so a
+# process still running an older configuration (after an interrupted apply) is never taken for
+# an up-to-date one: plan compares it with the hash of what it would render now.
+CONFIG_MARKER = "ORCHESTRATOR_CONFIG"
+_PENDING_HASH = "PENDINGCONFIGHASH"
+_PENDING_RE = re.compile(CONFIG_MARKER + r'=(["\']?)' + _PENDING_HASH)
+
+
+def _with_hash(program: str) -> tuple[str, str]:
+    """A rendered program section with its own hash filled in (the hash of the section as rendered before)."""
+    digest = hashlib.sha256(program.encode("utf-8")).hexdigest()[:16]
+    return _PENDING_RE.sub(lambda m: f"{CONFIG_MARKER}={m.group(1)}{digest}", program, count=1), digest
 
 
 def process_names(agent: Agent) -> list[str]:
@@ -124,6 +137,7 @@ class Rendering:
 
     files: Mapping[str, str]
     state_dir: str
+    hashes: Mapping[str, str] = field(default_factory=dict)   # agent -> the configuration hash its processes carry
 
     @property
     def main(self) -> str:
@@ -177,20 +191,21 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
         env, "supervisord.conf.j2", common, None, socket=socket_path(manifests, state), include_programs=not single_file,
         programs_glob=os.path.join(included, "*.conf"), listener=LISTENER,
         listener_command=[python, "-m", "orchestrator.listener", "--state-dir", state])}
+    hashes: dict[str, str] = {}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
         source = os.path.relpath(agent.source.file, manifests.manifests_dir) if agent.source.file else agent.name
-        files[f"{PROGRAMS_DIR}/{agent.name}.conf"] = _render(
+        files[f"{PROGRAMS_DIR}/{agent.name}.conf"], hashes[agent.name] = _with_hash(_render(
             env, "program.conf.j2", common, agent, directory=directory, source=source, launch=launch_argv(agent),
-            environment={**agent.env, **marker},
+            environment={**agent.env, **marker, CONFIG_MARKER: _PENDING_HASH},
             log_base=os.path.join(state, LOGS_DIR, agent.name),
             # supervisord fills in each replica's number; written raw, not escaped
             replica_suffix="-%(process_num)d" if agent.replicas > 1 else "",
-        )
+        ))
     if single_file:
         programs = [files.pop(rel) for rel in sorted(files) if rel != MAIN_CONFIG]
         files[MAIN_CONFIG] = "\n".join([files[MAIN_CONFIG], *programs])
-    return Rendering(files=files, state_dir=state)
+    return Rendering(files=files, state_dir=state, hashes=hashes)
 
 
 def _render(env: jinja2.Environment, name: str, common: Mapping[str, Any], agent: Agent | None, **extra: Any) -> str:

@@ -37,9 +37,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from orchestrator import runtime
+from orchestrator import ownership, runtime
 from orchestrator.apply import stop_in_order
-from orchestrator.client import DOWN_STATES, UP_STATES, Client, SupervisorError
+from orchestrator.client import UP_STATES, Client, SupervisorError
 from orchestrator.graph import Graph
 from orchestrator.history import History
 from orchestrator.model import Agent
@@ -118,49 +118,56 @@ class Keeper:
         if state not in ("EXITED", "FATAL"):
             return
         process = f"{group}:{payload.get('processname', group)}"
-        info = self.client.process(process)
-        exitstatus = None if info.spawnerr else info.exitstatus
-        ended = Exit(exitstatus=exitstatus, expected=payload.get("expected") == "1", during_start=state == "FATAL")
-        self._decide(agent, ended, serial=serial)
+        # supervisord's own times: the policy's delay counts from the exit, and the uptime is the
+        # process's, however late this listener reads the event (it may have just been restarted)
+        began, ended_at, exitstatus = self.client.process_times(process)
+        # FATAL: supervisord could not start it at all (startsecs is 0, so never "exited too quickly")
+        ended = Exit(exitstatus=None if state == "FATAL" else exitstatus, expected=payload.get("expected") == "1",
+                     during_start=state == "FATAL")
+        self._decide(agent, ended, serial=serial, started=began, at=min(ended_at, self.clock()) if ended_at else None)
 
-    def _decide(self, agent: Agent, ended: Exit, *, serial: str,
-                expect_exits: int | None = None) -> None:
-        """Decide on one end of `agent` and record it; carry the decision out (or hand it to the worker)."""
+    def _decide(self, agent: Agent, ended: Exit, *, serial: str, expect_exits: int | None = None,
+                started: float | None = None, at: float | None = None) -> None:
+        """Decide on one end of `agent` (at time `at`, default now; its process started at `started`, if known)
+        and record it; carry the decision out (or hand it to the worker)."""
         name = agent.name
-        now = self.clock()
-        outcome: list[Decision] = []
+        now = at or self.clock()
+        outcome: list[tuple[Decision, ownership.Rule]] = []
 
         def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
             if serial and entry.last_event == serial:
                 return None  # delivered again after the listener died holding it: already counted
             if expect_exits is not None and entry.exits != expect_exits:
                 return None  # the attempt this report is about was already decided (it exited first)
-            if entry.given_up or entry.stopped:
-                decision = Decision("record", reason="given up" if entry.given_up else "stopped by the operator",
-                                    history=entry)
-            elif live.latch is not None or live.stand_down == self.supervisord_pid:
-                decision = decide(ended, entry, agent.restart, now, rand=self.rand())
-                why = "emergency stop latched" if live.latch is not None else "everything is being stopped"
-                if decision.action == "restart":
-                    decision = replace(decision, action="record", reason=f"{decision.reason}; {why}: not restarted",
+            phase = ownership.phase_of(latched=live.latch is not None, standing_down=live.stand_down == self.supervisord_pid,
+                                       given_up=entry.given_up, stopped=entry.stopped,
+                                       restart_pending=entry.next_restart_at is not None, up=False, ready=False)
+            rule = ownership.rule(phase, "not-ready" if expect_exits is not None else "exited")
+            if started:
+                entry = replace(entry, started_at=started)
+            if rule.act in ("decide", "count"):
+                early = entry.started_at is not None and now - entry.started_at < agent.min_uptime
+                decision = decide(replace(ended, during_start=ended.during_start or early), entry, agent.restart, now,
+                                  rand=self.rand())
+                if rule.act == "count" and decision.action == "restart":
+                    decision = replace(decision, action="record", reason=f"{decision.reason}; not restarted: {phase}",
                                        history=replace(decision.history, next_restart_at=None))
             else:
-                decision = decide(ended, entry, agent.restart, now, rand=self.rand())
-            outcome.append(decision)
-            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event)
+                decision = Decision("record", reason=f"ended while {phase}: {rule.why}", history=entry)
+            outcome.append((decision, rule))
+            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event, decided_at=now)
 
         runtime.update_agent(self.state_dir, name, change)
         if not outcome:
             return
-        decision = outcome[0]
+        decision, rule = outcome[0]
         self._carry_out(name, decision, agent)
-        noted_only = decision.reason in ("given up", "stopped by the operator")
-        if not noted_only and (decision.action in ("restart", "give-up") or not ended.expected):
+        if rule.act == "decide" and (decision.action in ("restart", "give-up") or not ended.expected):
             self.work.put(("DEPENDENCY_FAILED", {"groupname": name}))
 
     def _carry_out(self, name: str, decision: Decision, agent: Agent) -> None:
         if decision.action == "restart":
-            self._arm(name, self.clock() + decision.delay)
+            self._arm(name, decision.history.next_restart_at or self.clock())
             self.log(f"{name}: {decision.reason}")
         elif decision.action == "give-up":
             self.log(f"{name}: GIVEN UP: {decision.reason}")
@@ -214,9 +221,10 @@ class Keeper:
 
         Under the runtime lock, so an operator's stop, `down` or an emergency stop
         recorded before this point is seen, and one recorded after it finds the
-        process started and stops it. The pending mark is cleared after the start:
-        a listener killed in between finds it pending, sees the process up, and
-        starts nothing twice.
+        process started and stops it. The pending mark is cleared after the start,
+        which supervisord carries out at most once per decision (`start_once`): a
+        listener killed in between finds the restart pending, asks again, and
+        nothing starts twice.
         """
         agent = self.agents().get(name)
         if agent is None:
@@ -228,10 +236,8 @@ class Keeper:
                     or entry.next_restart_at is None or entry.waiting_for:
                 return
             started = False
-            for process in process_names(agent):
-                if self.client.process(process).state in DOWN_STATES:
-                    self.client.start_process(process)
-                    started = True
+            for process in process_names(agent):  # at most once per decision, even if this listener dies here
+                started = self.client.start_once(process, token=f"{name}#{entry.exits}") or started
             runtime.save_agent(self.state_dir, name, replace(entry, next_restart_at=None))
         if started:
             self.log(f"{name}: restarted")

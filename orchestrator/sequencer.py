@@ -99,6 +99,7 @@ class _Watch:
         self.names = process_names(agent)
         self.last = -1.0
         self.infos: list[ProcessInfo] = []
+        self.up_since: dict[int, float] = {}   # pid -> when it was first seen RUNNING
 
     def read(self) -> list[ProcessInfo]:
         if self.clock() - self.last >= STATE_POLL:
@@ -116,7 +117,14 @@ class _Watch:
         return None
 
     def all_running(self) -> bool:
-        return all(info.state == RUNNING for info in self.read())
+        """Every process RUNNING and seen up, with the same pid, for the agent's min_uptime."""
+        now = self.clock()
+        infos = self.read()
+        for info in infos:
+            if info.state == RUNNING and info.pid:
+                self.up_since.setdefault(info.pid, now)
+        return all(info.state == RUNNING and now - self.up_since.get(info.pid, now) >= self.agent.min_uptime
+                   for info in infos)
 
 
 class Sequencer:
@@ -211,8 +219,8 @@ class Sequencer:
                 return False, entry.reason or detail, status
             outcome.attempts += 1
             limit = agent.restart.max_attempts if agent.restart.policy != "manual" else 1
-            self._emit("retrying", name, f"attempt {outcome.attempts}/{limit} in "
-                       f"{max(0.0, entry.next_restart_at - self.wall()):.1f}s: {entry.reason}")
+            delay = entry.next_restart_at - (entry.decided_at or self.wall())
+            self._emit("retrying", name, f"attempt {outcome.attempts}/{limit} in {max(0.0, delay):.1f}s: {entry.reason}")
             problem = self._await_restart(agent, seen)
             if problem:
                 return False, problem, status
@@ -230,23 +238,29 @@ class Sequencer:
             time.sleep(STATE_POLL / 2)
 
     def _await_restart(self, agent: Agent, seen: int) -> str | None:
-        """Wait for the keeper's restart of `agent`; why it will not come, or None once it is starting."""
-        watch = _Watch(self.client, agent, self.clock)
+        """Wait for the keeper's restart of `agent`; why it will not come, or None once it happened."""
         while True:
             entry = runtime.load_agent(self.state_dir, agent.name)
-            if entry.exits > seen or entry.given_up:
+            if entry.exits > seen:
+                return None  # restarted, and already ended again: the caller follows that decision
+            if entry.given_up:
                 return entry.reason or "given up"
             if entry.stopped:
                 return "stopped by the operator"
             if self._standing_down():
                 return "not restarted: everything is being stopped"
-            if entry.next_restart_at is None or any(i.state in ("STARTING", RUNNING) for i in watch.read()):
-                if any(i.state in ("STARTING", RUNNING) for i in watch.read()):
-                    return None
-                return entry.reason or "its restart was cancelled"
-            due = entry.next_restart_at
-            if self.wall() > due + DECISION_TIMEOUT:
-                return f"its restart was due {self.wall() - due:.0f}s ago and did not happen (see logs/_orchestrator.log)"
+            latch = runtime.load_global(self.state_dir).latch
+            if latch is not None:
+                return f"not restarted: {runtime.describe_latch(latch)}"
+            states = {self.client.process(name).state for name in process_names(agent)}
+            if states & {"STARTING", RUNNING}:
+                return None
+            if entry.next_restart_at is None:
+                # fired, and the process already ended (its decision follows), unless someone stopped it
+                return "stopped while waiting for its restart" if "STOPPED" in states else None
+            if self.wall() > entry.next_restart_at + DECISION_TIMEOUT:
+                return (f"its restart was due {self.wall() - entry.next_restart_at:.0f}s ago and did not happen "
+                        "(see logs/_orchestrator.log)")
             time.sleep(STATE_POLL / 2)
 
     def _standing_down(self) -> bool:
@@ -289,7 +303,7 @@ class Sequencer:
             if passed and watch.all_running():
                 return "ready", detail, None
             if self.clock() >= deadline:
-                why = detail if not passed else "not RUNNING (min_uptime)"
+                why = detail if not passed else f"not up for min_uptime ({agent.min_uptime:g}s)"
                 return "timeout", f"not ready after {timeout:g}s: {why}", None
             time.sleep(STATE_POLL / 2)
 

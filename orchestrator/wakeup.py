@@ -10,7 +10,11 @@ a byte to a self-pipe that sits in supervisord's poll set, so the next pass
 runs at once. Measured here (see bench/bench_restart.py): SIGKILL to RUNNING
 again falls from about a second to a few tens of milliseconds.
 
-It adds one harmless RPC namespace, `orchestrator.ping`, and nothing else.
+It adds one RPC namespace: `orchestrator.ping`; `orchestrator.getConfigHashes`,
+which answers the configuration hash of each group as supervisord holds it
+(see `render.CONFIG_MARKER`), read-only; `orchestrator.getProcessTimes`, a
+process's last start and stop to the microsecond; and `orchestrator.startOnce`, a start
+that happens at most once per restart decision, for the restart keeper.
 Only supervisord imports this module.
 """
 
@@ -23,6 +27,9 @@ from typing import Any
 
 from supervisor import events
 from supervisor.medusa import asyncore_25 as asyncore
+
+# render.CONFIG_MARKER, repeated: importing render would load jinja2 into supervisord (a unit test pins the two)
+CONFIG_MARKER = "ORCHESTRATOR_CONFIG"
 
 
 class _Waker:
@@ -63,12 +70,61 @@ class _Waker:
 
 
 class OrchestratorNamespace:
-    def __init__(self, waker: _Waker) -> None:
+    def __init__(self, waker: _Waker, supervisord: Any) -> None:
         self.waker = waker
+        self.supervisord = supervisord
+        self.carried_out: dict[str, str] = {}   # process -> the last restart token started
+
+    def getProcessTimes(self, name: str) -> dict[str, float]:  # noqa: N802 - supervisord's RPC naming
+        """When process `group:name` last started and stopped (floats, not getProcessInfo's whole seconds),
+        and its last exit status (-1 if supervisord has none)."""
+        group, _, process_name = name.partition(":")
+        process = self.supervisord.process_groups[group].processes[process_name]
+        status = process.exitstatus
+        return {"start": float(process.laststart), "stop": float(process.laststop),
+                "exitstatus": -1 if status is None else int(status)}
+
+    def startOnce(self, name: str, token: str) -> bool:  # noqa: N802 - supervisord's RPC naming
+        """Start process `group:name` for the restart decision `token`, at most once per token.
+
+        The restart keeper names each decision; a keeper killed after asking and
+        restarted asks again with the same token, and nothing starts twice.
+        supervisord is single-threaded, so the check and the start are one step.
+        True when it was started now; False when this token was already carried
+        out, or the process is up.
+        """
+        if self.carried_out.get(name) == token:
+            return False
+        from supervisor.rpcinterface import SupervisorNamespaceRPCInterface
+        from supervisor.states import RUNNING_STATES
+
+        group, _, process_name = name.partition(":")
+        process = self.supervisord.process_groups[group].processes[process_name] if group in self.supervisord.process_groups \
+            else None
+        if process is not None and process.get_state() in RUNNING_STATES:
+            self.carried_out[name] = token
+            return False
+        SupervisorNamespaceRPCInterface(self.supervisord).startProcess(name, False)
+        self.carried_out[name] = token
+        return True
 
     def ping(self) -> bool:
         """True: orchestrator's extension is loaded in this supervisord."""
         return True
+
+    def getConfigHashes(self) -> dict[str, str]:  # noqa: N802 - supervisord's RPC naming
+        """Each active group's configuration hash (ORCHESTRATOR_CONFIG), as supervisord holds it now.
+
+        supervisord keeps a group's old configuration until the group is removed and
+        added again, whatever its files say: this is what its next start would run.
+        """
+        hashes = {}
+        for name, group in self.supervisord.process_groups.items():
+            for process in group.config.process_configs:
+                value = (process.environment or {}).get(CONFIG_MARKER)
+                if value:
+                    hashes[name] = str(value)
+        return hashes
 
 
 def make_interface(supervisord: Any, **config: Any) -> OrchestratorNamespace:
@@ -80,4 +136,4 @@ def make_interface(supervisord: Any, **config: Any) -> OrchestratorNamespace:
     # wakeup fd, every signal also writes to the self-pipe and ends the poll.
     # supervisord calls this factory in its main thread, as set_wakeup_fd needs.
     signal.set_wakeup_fd(waker.write_fd, warn_on_full_buffer=False)
-    return OrchestratorNamespace(waker)
+    return OrchestratorNamespace(waker, supervisord)

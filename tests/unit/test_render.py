@@ -41,8 +41,10 @@ def _load(name: str, state_dir: str = STATE):
 
 
 def _normalized(text: str, manifests: Path) -> str:
-    """Machine-specific paths replaced by placeholders, so the golden files hold on any machine."""
-    return text.replace(sys.executable, "@PYTHON@").replace(str(manifests.parent), "@PROJECT@")
+    """Machine-specific paths (and the configuration hash, computed over them) replaced by placeholders,
+    so the golden files hold on any machine."""
+    text = text.replace(sys.executable, "@PYTHON@").replace(str(manifests.parent), "@PROJECT@")
+    return re.sub(render.CONFIG_MARKER + r'=(["\']?)[0-9a-f]{16}', render.CONFIG_MARKER + r"=\1@CONFIG@", text)
 
 
 @pytest.mark.parametrize("name", sorted(SETS))
@@ -83,7 +85,8 @@ def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_
         for process in processes:
             assert shlex.split(process.command) == render.launch_argv(agent)
             assert render.launch_argv(agent)[-len(agent.command):] == list(agent.command)
-            assert process.environment == {**agent.env, render.MARKER: manifests.state_dir}
+            assert process.environment == {**agent.env, render.MARKER: manifests.state_dir,
+                                           render.CONFIG_MARKER: rendering.hashes[agent.name]}
             assert process.stopasgroup and process.killasgroup
             assert process.autostart is False
     servers = options.configroot.supervisord.server_configs
@@ -145,3 +148,8 @@ def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_ag
     assert f"files = {render.PROGRAMS_DIR}/*.conf" in (out / render.MAIN_CONFIG).read_text().splitlines()
     included = sorted(info.split('"')[1] for info in options.parse_infos if info.startswith("Included extra file"))
     assert included == sorted(str(out / render.PROGRAMS_DIR / f"{name}.conf") for name in manifests.names)
+
+
+def test_supervisord_extension_reads_the_same_configuration_marker_that_render_writes():
+    from orchestrator import wakeup
+    assert wakeup.CONFIG_MARKER == render.CONFIG_MARKER

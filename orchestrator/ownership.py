@@ -66,7 +66,7 @@ def _row(phase: Phase, **rules: Rule) -> None:
 
 _row("starting",
      exited=_KEEPER_DECIDES,
-     not_ready=Rule("starter", "stop", "the starter stops it and reports it; the keeper decides, as after an exit"),
+     not_ready=Rule("keeper", "decide", "its starter stopped it and reported it: the policy decides, as after an exit"),
      liveness_failed=Rule("nobody", "ignore", "liveness starts after warmup, once ready"),
      restart_due=Rule("nobody", "ignore", "no restart is pending while starting"),
      dependency_failed=Rule("starter", "wait", "the starter does not start it: it is reported blocked"),

@@ -124,16 +124,16 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
             actions.append(Action("add", name, reason=reason))
             continue
         previous = last_agents.get(name)
-        held = observed.configs.get(name)
-        if held is not None and name in hashes and held != hashes[name]:
-            actions.append(Action("replace", name, ("supervisord settings",), "running an older configuration"))
-            continue
         if previous is None or name not in last_programs:
             actions.append(Action("replace", name, reason="not applied by orchestrator before"))
             continue
         fields = _changed_fields(previous, agent)
         if _significant(last_programs[name]) != _significant(programs[name]):
             actions.append(Action("replace", name, fields or ("supervisord settings",), "configuration changed"))
+            continue
+        held = observed.configs.get(name)
+        if held is not None and name in hashes and held != hashes[name]:
+            actions.append(Action("replace", name, ("supervisord settings",), "running an older configuration"))
             continue
         if fields:
             actions.append(Action("update", name, fields, "no restart needed"))

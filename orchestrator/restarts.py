@@ -45,7 +45,7 @@ from orchestrator.history import History
 from orchestrator.model import Agent
 from orchestrator.policies import AgentHistory, Decision, Exit, decide
 from orchestrator.render import LOGS_DIR, process_names
-from orchestrator.sequencer import COMM_TYPE, Sequencer
+from orchestrator.sequencer import COMM_TYPE, Event, Sequencer
 
 class Keeper:
     def __init__(self, state_dir: str, client: Client, *, log: Callable[[str], None],
@@ -324,7 +324,12 @@ class Keeper:
 
     def _recover(self, name: str, waiting: list[str]) -> None:
         agents = self.agents()
+        say: Callable[[Event], None] = lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())
         try:
+            back = Sequencer(self.client, agents, state_dir=self.state_dir, progress=say).run([], verify=[name])
+            if not back.ok:  # running, but not ready: its own restart policy deals with it; they keep waiting
+                self.log(f"{name} is running but not ready; {', '.join(waiting)} keep waiting for it")
+                return
             restart = [d for d in waiting if agents[d].on_dependency_failure == "restart"]
             if restart:
                 stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
@@ -333,8 +338,7 @@ class Keeper:
                     live.agents[dependent] = replace(live.agent(dependent), waiting_for="")
             up = {p.group for p in self.client.processes() if p.state in UP_STATES}
             needed = {d for w in waiting for d in agents[w].depends_on} - set(waiting)
-            result = Sequencer(self.client, agents, state_dir=self.state_dir,
-                               progress=lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())).run(
+            result = Sequencer(self.client, agents, state_dir=self.state_dir, progress=say).run(
                 [w for w in waiting if w not in up], verify=needed | {name})
             if result.ok:
                 self.log(f"{name} is ready again: {', '.join(waiting)} back in order")

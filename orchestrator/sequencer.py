@@ -99,7 +99,7 @@ class _Watch:
         self.names = process_names(agent)
         self.last = -1.0
         self.infos: list[ProcessInfo] = []
-        self.up_since: dict[int, float] = {}   # pid -> when it was first seen RUNNING
+        self.up_since: dict[int, float] = {}   # pid -> when supervisord started it (wall clock)
 
     def read(self) -> list[ProcessInfo]:
         if self.clock() - self.last >= STATE_POLL:
@@ -117,14 +117,15 @@ class _Watch:
         return None
 
     def all_running(self) -> bool:
-        """Every process RUNNING and seen up, with the same pid, for the agent's min_uptime."""
-        now = self.clock()
+        """Every process RUNNING, and up for the agent's min_uptime (by supervisord's own start time)."""
         infos = self.read()
+        if not all(info.state == RUNNING and info.pid for info in infos):
+            return False
         for info in infos:
-            if info.state == RUNNING and info.pid:
-                self.up_since.setdefault(info.pid, now)
-        return all(info.state == RUNNING and now - self.up_since.get(info.pid, now) >= self.agent.min_uptime
-                   for info in infos)
+            if info.pid not in self.up_since:
+                self.up_since[info.pid] = self.client.process_times(info.full_name)[0]
+        now = time.time()
+        return all(now - self.up_since[info.pid] >= self.agent.min_uptime for info in infos)
 
 
 class Sequencer:
@@ -304,7 +305,7 @@ class Sequencer:
                 return "ready", detail, None
             if self.clock() >= deadline:
                 why = detail if not passed else f"not up for min_uptime ({agent.min_uptime:g}s)"
-                return "timeout", f"not ready after {timeout:g}s: {why}", None
+                return "timeout", f"not ready after {self.clock() - began:.1f}s: {why}", None
             time.sleep(STATE_POLL / 2)
 
     @staticmethod

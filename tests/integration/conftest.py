@@ -8,6 +8,8 @@ directory is ended (never anything else: nothing is killed by name).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,7 +24,6 @@ import psutil
 import pytest
 
 from orchestrator import orphans
-import contextlib
 
 TOY = Path(__file__).resolve().parent / "toy.py"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
@@ -48,6 +49,53 @@ def wait_until(predicate: Callable[[], object], timeout: float, *, interval: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+# An agent that exits 1, 0.2 s after each start, logging both with its own clock (a shell script: its own
+# start costs a millisecond, so the stamps time orchestrator, not an interpreter's start); it stays up
+# while FLAG exists, if one is given.
+CRASHER = """#!/bin/sh
+echo "start $(date +%s.%N) $$" >> "$1"
+if [ -n "$2" ] && [ -e "$2" ]; then exec sleep 3600; fi
+sleep 0.2
+echo "exit $(date +%s.%N) $$" >> "$1"
+exit 1
+"""
+
+
+def crasher(project: Project, name: str, *, restart: str, extra: str = "", flag: Path | None = None) -> Path:
+    """Write agent `name` running CRASHER with `restart` (a YAML mapping) and `extra` YAML lines; its log file."""
+    log = project.root / f"{name}.times"
+    script = project.root / "crasher.sh"
+    script.write_text(CRASHER)
+    script.chmod(0o755)
+    args = [str(script), str(log)] + ([str(flag)] if flag else [])
+    project.write(f"agents/{name}.yaml", textwrap.dedent(f"""
+        name: {name}
+        command: [{', '.join(json.dumps(a) for a in args)}]
+        restart: {restart}
+        stop_timeout: 2s
+    """) + extra)
+    return log
+
+
+def stamps(log: Path, what: str) -> list[float]:
+    """The times the crasher logged for `what` (start or exit)."""
+    if not log.exists():
+        return []
+    return [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(what + " ")]
+
+
+def gaps(log: Path, *, after: float = 0.0) -> list[float]:
+    """Seconds from each logged exit to the next logged start."""
+    starts = [t for t in stamps(log, "start") if t >= after]
+    exits = [t for t in stamps(log, "exit") if t >= after]
+    return [round(start - end, 3) for end, start in zip(exits, starts[1:], strict=False)]
+
+
+def within(actual: float, expected: float) -> bool:
+    """A restart's timing tolerance: 15% or 100 ms, whichever is larger."""
+    return abs(actual - expected) <= max(0.15 * expected, 0.1)
 
 
 class Project:

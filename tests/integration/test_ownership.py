@@ -8,7 +8,6 @@ busy machine.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -23,56 +22,16 @@ import psutil
 import pytest
 
 from orchestrator import orphans
-from tests.integration.conftest import ORCHESTRATOR, Project, free_ports, wait_until
+from tests.integration.conftest import ORCHESTRATOR, Project, crasher, free_ports, gaps, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration
 
-# Exits 1, 0.2 s after each start, logging both (a shell script: its own start costs a millisecond, so the
-# stamps time orchestrator, not an interpreter's start); stays up while FLAG exists (if given).
-CRASHER = """#!/bin/sh
-echo "start $(date +%s.%N) $$" >> "$1"
-if [ -n "$2" ] && [ -e "$2" ]; then exec sleep 3600; fi
-sleep 0.2
-echo "exit $(date +%s.%N) $$" >> "$1"
-exit 1
-"""
 BACKOFF = "{policy: exponential-backoff, delay: 0.5s, multiplier: 2, max_attempts: 4}"
-
-
-def _crasher(project: Project, name: str, *, restart: str, extra: str = "", flag: Path | None = None) -> Path:
-    log = project.root / f"{name}.times"
-    script = project.root / "crasher.sh"
-    script.write_text(CRASHER)
-    script.chmod(0o755)
-    args = [str(script), str(log)] + ([str(flag)] if flag else [])
-    project.write(f"agents/{name}.yaml", f"""
-        name: {name}
-        command: [{', '.join(json.dumps(a) for a in args)}]
-        restart: {restart}
-        stop_timeout: 2s
-    """ + extra)
-    return log
-
-
-def _stamps(log: Path, what: str) -> list[float]:
-    if not log.exists():
-        return []
-    return [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(what + " ")]
-
-
-def _gaps(log: Path, *, after: float = 0.0) -> list[float]:
-    starts = [t for t in _stamps(log, "start") if t >= after]
-    exits = [t for t in _stamps(log, "exit") if t >= after]
-    return [round(start - end, 3) for end, start in zip(exits, starts[1:], strict=False)]
-
-
-def _within(actual: float, expected: float) -> bool:
-    return abs(actual - expected) <= max(0.15 * expected, 0.1)
 
 
 def test_a_crash_at_start_is_retried_on_the_policy_schedule_then_given_up_and_blocks_its_dependent(project):
     ports = free_ports(2)
-    log = _crasher(project, "crasher", restart=BACKOFF)   # default min_uptime (1 s): each exit is a failed start
+    log = crasher(project, "crasher", restart=BACKOFF)   # default min_uptime (1 s): each exit is a failed start
     project.toy("after", ports[0], depends_on=["crasher"])
     project.toy("aside", ports[1])
     done = project.run("up")
@@ -80,10 +39,10 @@ def test_a_crash_at_start_is_retried_on_the_policy_schedule_then_given_up_and_bl
     assert "crasher did not become ready" in done.stderr and "4 failed attempts" in done.stderr, done.stderr
     assert re.search(r"crasher +retrying  attempt 2/4 in 0\.5s: exited after 0\.[0-9]s \(exit status 1\)", done.stderr), done.stderr
     assert "not started: after" in done.stderr
-    starts = _stamps(log, "start")
+    starts = stamps(log, "start")
     assert len(starts) == 4, f"starts {starts}\n{done.stderr}"
-    gaps = _gaps(log)
-    assert all(_within(g, e) for g, e in zip(gaps, [0.5, 1.0, 2.0], strict=True)), f"gaps {gaps}, expected 0.5, 1, 2"
+    seen = gaps(log)
+    assert all(within(g, e) for g, e in zip(seen, [0.5, 1.0, 2.0], strict=True)), f"gaps {seen}, expected 0.5, 1, 2"
     assert project.runtime("crasher")["given_up"] is True
     assert "after" not in {name for name, *_ in project.events()}
     aside = [pid for name, what, _, pid in project.events() if name == "aside" and what == "start"]
@@ -93,7 +52,7 @@ def test_a_crash_at_start_is_retried_on_the_policy_schedule_then_given_up_and_bl
 def test_the_boot_sequence_follows_the_same_schedule_when_supervisord_restarts_with_no_cli(project):
     flag = project.root / "healthy"
     flag.write_text("")
-    log = _crasher(project, "crasher", restart=BACKOFF, flag=flag)
+    log = crasher(project, "crasher", restart=BACKOFF, flag=flag)
     project.run("up", check=True)
     os.kill(project.supervisord_pid(), signal.SIGKILL)
     wait_until(lambda: not orphans.find(str(project.state)), 15, message="the agents to die with supervisord")
@@ -102,10 +61,10 @@ def test_the_boot_sequence_follows_the_same_schedule_when_supervisord_restarts_w
     subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", str(project.state / "supervisord.conf")],
                    cwd=project.state, check=True, timeout=30)
     wait_until(lambda: project.runtime("crasher").get("given_up"), 30, message="the crasher to be given up")
-    starts = [t for t in _stamps(log, "start") if t >= rebooted]
+    starts = [t for t in stamps(log, "start") if t >= rebooted]
     assert len(starts) == 4, starts
-    gaps = _gaps(log, after=rebooted)
-    assert all(_within(g, e) for g, e in zip(gaps, [0.5, 1.0, 2.0], strict=True)), f"gaps {gaps}"
+    seen = gaps(log, after=rebooted)
+    assert all(within(g, e) for g, e in zip(seen, [0.5, 1.0, 2.0], strict=True)), f"gaps {seen}"
     listener_log = (project.state / "logs" / "_orchestrator.log").read_text()
     assert "starting 1 agent(s) in dependency order" in listener_log
 
@@ -174,8 +133,9 @@ def test_an_apply_killed_at_any_point_is_finished_by_the_next_apply(project):
 
 
 def test_a_listener_killed_at_any_point_of_a_crash_loop_loses_and_doubles_no_restart(project):
-    logs = {f"crash{i}": _crasher(project, f"crash{i}", restart="{policy: delayed, delay: 0.3s, max_attempts: 6}",
+    logs = {f"crash{i}": crasher(project, f"crash{i}", restart="{policy: delayed, delay: 0.3s, max_attempts: 6}",
                                   extra="min_uptime: 0s\n") for i in range(10)}
+    project.run("validate", check=True)
     project.run("up")
     rng = random.Random(11)
     for _ in range(10):  # 10 seeded kill points across the loop (about 6 x 0.5 s)
@@ -184,7 +144,7 @@ def test_a_listener_killed_at_any_point_of_a_crash_loop_loses_and_doubles_no_res
         if listener is not None:
             os.kill(listener, signal.SIGKILL)
     wait_until(lambda: all(project.runtime(name).get("given_up") for name in logs), 60, message="every agent given up")
-    counts = {name: len(_stamps(log, "start")) for name, log in logs.items()}
+    counts = {name: len(stamps(log, "start")) for name, log in logs.items()}
     assert counts == {name: 6 for name in logs}, counts
 
 

@@ -24,9 +24,9 @@ def test_after_a_process_ends_only_the_keeper_ever_decides_or_restarts(phase):
         assert not (rule.actor == "starter" and rule.act == "start"), (phase, event, rule)
 
 
-def test_a_start_that_is_not_ready_is_stopped_by_its_starter_and_decided_by_the_keeper():
-    assert ownership.rule("starting", "not-ready") == ownership.Rule("starter", "stop", ownership.rule("starting", "not-ready").why)
-    assert ownership.rule("starting", "exited").actor == "keeper"
+def test_a_start_that_is_not_ready_is_decided_by_the_keeper_as_an_exit_would_be():
+    assert ownership.rule("starting", "not-ready").actor == "keeper" == ownership.rule("starting", "exited").actor
+    assert ownership.rule("starting", "not-ready").act == "decide" == ownership.rule("starting", "exited").act
 
 
 @pytest.mark.parametrize("phase", ["latched", "stopping"])

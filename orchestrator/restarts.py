@@ -324,7 +324,10 @@ class Keeper:
 
     def _recover(self, name: str, waiting: list[str]) -> None:
         agents = self.agents()
-        say: Callable[[Event], None] = lambda e: self.log(f"{e.agent}: {e.kind} {e.detail}".rstrip())
+
+        def say(event: Event) -> None:
+            self.log(f"{event.agent}: {event.kind} {event.detail}".rstrip())
+
         try:
             back = Sequencer(self.client, agents, state_dir=self.state_dir, progress=say).run([], verify=[name])
             if not back.ok:  # running, but not ready: its own restart policy deals with it; they keep waiting

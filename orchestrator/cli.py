@@ -293,15 +293,20 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
 
 @cli.command("up")
 @click.option("-M", "--message", default="", help="A note recorded with the version.")
+@click.option("--yes", is_flag=True, help="Do not ask before stopping agents (when supervisord runs and agents changed).")
 @click.pass_obj
-def up_command(options: Options, message: str) -> None:
+def up_command(options: Options, message: str, yes: bool) -> None:
     """Start supervisord if it is not running, then apply.
 
     supervisord runs as a daemon from the state directory (configuration,
-    socket, pid file and logs are all there). Exit 0 when every agent is
-    running and ready.
+    socket, pid file and logs are all there). When it already runs, up is
+    apply: it asks before replacing or removing agents, as apply does. Exit 0
+    when every agent is running and ready; 1 naming the agents given up.
     """
     manifests = options.load()
+    client = client_for(manifests)
+    if client.is_running():
+        _confirm_destructive(compute(manifests, client)[0], yes)
     try:
         report = lifecycle.up(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say)
     except ApplyError as exc:

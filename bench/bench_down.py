@@ -50,7 +50,7 @@ from orchestrator import orphans  # noqa: E402
 from orchestrator.lifecycle import socket_of  # noqa: E402
 from orchestrator.manifest import LoadOptions, load  # noqa: E402
 
-AGENTS, RUNS, GOAL = 300, 1, 15.0
+AGENTS, RUNS, GOAL = 300, 3, 15.0
 SLEEP = "/bin/sleep"
 UP_TIMEOUT, DOWN_TIMEOUT = 900.0, 600.0
 BIN = Path(sys.executable).parent

@@ -19,23 +19,19 @@ version's manifests.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from orchestrator import render, runtime
-from orchestrator.client import DOWN_STATES, Client, NotRunningError, SupervisorError
+from orchestrator.client import Client, NotRunningError
 from orchestrator.errors import OrchestratorError
-from orchestrator.graph import Graph
 from orchestrator.history import History, Version
 from orchestrator.model import Agent, ManifestSet
 from orchestrator.plan import Observed, Plan, plan
 from orchestrator.sequencer import Event, Result, Sequencer
+from orchestrator.stopping import stop_in_order
 
 
-# supervisord's own stopwaitsecs (the manifest's stop_timeout) bounds each stop; this is the outer limit.
-STOP_TIMEOUT = 120.0
-STOP_POLL = 0.05
 
 
 class ApplyError(OrchestratorError):
@@ -76,47 +72,6 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
     programs = {a.name: rendering.program(a.name) for a in manifests.agents}
     return (plan(manifests, programs, observe(client), current.agents if current else None,
                  current.programs if current else None, hashes=rendering.hashes), rendering)
-
-
-def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str, Iterable[str]],
-                  *, progress: Callable[[str, str], None] = lambda agent, what: None) -> dict[str, str]:
-    """Stop `names` dependents first, each dependency level in parallel; the ones that failed to stop, with why."""
-    chosen = set(names)
-    waves = Graph.of_edges({n: depends_on.get(n, ()) for n in chosen}).waves
-    failures: dict[str, str] = {}
-    for wave in reversed(waves):
-        stopping = []
-        for name in wave:
-            progress(name, "stopping")
-            try:
-                client.stop_group(name, wait=False)
-                stopping.append(name)
-            except SupervisorError as exc:
-                failures[name] = str(exc)
-                progress(name, f"failed to stop: {exc}")
-        failures.update(wait_stopped(client, stopping, progress=progress))
-    return failures
-
-
-def wait_stopped(client: Client, names: Iterable[str], *, timeout: float = STOP_TIMEOUT,
-                 progress: Callable[[str, str], None] = lambda agent, what: None) -> dict[str, str]:
-    """Wait until every process of the groups `names` is down; the groups that did not stop, with why."""
-    waiting = set(names)
-    deadline = time.monotonic() + timeout
-    while waiting:
-        states: dict[str, list[str]] = {}
-        for process in client.processes():
-            if process.group in waiting:
-                states.setdefault(process.group, []).append(process.state)
-        for name in sorted(waiting):
-            if all(state in DOWN_STATES for state in states.get(name, [])):
-                waiting.discard(name)
-                progress(name, "stopped")
-        if waiting and time.monotonic() > deadline:
-            return {name: f"still {'/'.join(sorted(set(states.get(name, []))))} after {timeout:g}s" for name in waiting}
-        if waiting:
-            time.sleep(STOP_POLL)
-    return {}
 
 
 def apply(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,

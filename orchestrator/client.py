@@ -182,8 +182,12 @@ class Client:
     def start_group(self, name: str, *, wait: bool = False) -> None:
         self._call("supervisor.startProcessGroup", name, wait)
 
-    def stop_group(self, name: str, *, wait: bool = True) -> None:
-        self._call("supervisor.stopProcessGroup", name, wait)
+    def stop_group(self, name: str, *, wait: bool = True) -> list[str]:
+        """Stop every process of group `name`; the full names of its processes."""
+        results = self._call("supervisor.stopProcessGroup", name, wait)
+        if not isinstance(results, list):  # an idempotent fault (nothing was running) answers True
+            return []
+        return [f"{r['group']}:{r['name']}" for r in results]
 
     def signal_group(self, name: str, signal: str) -> None:
         self._call("supervisor.signalProcessGroup", name, signal)

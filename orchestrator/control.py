@@ -23,7 +23,8 @@ from dataclasses import replace
 import psutil
 
 from orchestrator import runtime
-from orchestrator.apply import mark_stopping, stop_in_order
+from orchestrator.apply import mark_stopping
+from orchestrator.stopping import stop_in_order
 from orchestrator.client import UP_STATES, Client
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import Graph

@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator
 import psutil
 
 from orchestrator import orphans, render, runtime
-from orchestrator.apply import ApplyReport, converge, mark_stopping, stop_in_order
+from orchestrator.apply import ApplyReport, converge, mark_stopping
+from orchestrator.stopping import stop_in_order
 from orchestrator.client import Client, SupervisorError
 from orchestrator.errors import StateError
 from orchestrator.history import LISTENER_READY, History, leave_claim

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from orchestrator import ownership, runtime
-from orchestrator.apply import stop_in_order
+from orchestrator.stopping import stop_in_order
 from orchestrator.client import UP_STATES, Client, SupervisorError
 from orchestrator.graph import Graph
 from orchestrator.history import History
@@ -282,7 +282,7 @@ class Keeper:
             return
         self.expect_stop.add(name)
         self.log(f"{name}: {detail}: stopping it")
-        self.client.stop_group(name, wait=True)
+        stop_in_order(self.client, [name], {})
         self._carry_out(name, outcome[0], agent)
         self.dependency_failed(name)
 

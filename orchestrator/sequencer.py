@@ -34,6 +34,7 @@ from orchestrator.client import DOWN_STATES, RUNNING, Client, ProcessInfo, Super
 from orchestrator.model import Agent
 from orchestrator.policies import AgentHistory
 from orchestrator.render import process_names
+from orchestrator.stopping import stop_in_order
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING
 DECISION_TIMEOUT = 15.0   # how long the restart keeper may take to record an attempt's end, or to fire a due restart
@@ -212,7 +213,7 @@ class Sequencer:
             if state == "stopped":
                 return False, detail, status
             if state == "timeout":  # not ready in time: a failed attempt; the keeper decides what follows
-                self.client.stop_group(name, wait=True)
+                stop_in_order(self.client, [name], {})
                 report_not_ready(self.client, name, exits=seen, detail=detail)
             entry = self._await_decision(name, seen)
             seen = entry.exits

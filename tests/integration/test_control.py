@@ -8,8 +8,7 @@ import time
 import psutil
 import pytest
 
-from tests.integration.conftest import Project, free_ports, wait_until
-from tests.integration.test_restarts import _crasher, _times
+from tests.integration.conftest import Project, crasher, free_ports, stamps, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -55,16 +54,16 @@ def test_no_deps_limits_a_stop_to_the_agents_named(project):
 
 
 def test_a_manual_start_clears_a_given_up_agent(project):
-    log = _crasher(project, "crasher", "{policy: immediate, max_attempts: 2}")
+    log = crasher(project, "crasher", restart="{policy: immediate, max_attempts: 2}", extra="min_uptime: 0s\n")
     project.run("up")
     wait_until(lambda: project.runtime("crasher").get("given_up"), 20, message="the agent to be given up")
     rows = json.loads(project.run("status", "--output", "json").stdout)
     assert rows[0]["state"] == "GIVEN UP" and rows[0]["given_up"] is True
     assert "GIVEN UP" in project.run("status").stdout
-    starts = len(_times(log, "start"))
+    starts = len(stamps(log, "start"))
     project.run("start", "crasher")
-    wait_until(lambda: len(_times(log, "start")) >= starts + 2, 20, message="restarts after the manual start")
-    assert len(_times(log, "start")) >= starts + 2  # the manual start, then an automatic restart again
+    wait_until(lambda: len(stamps(log, "start")) >= starts + 2, 20, message="restarts after the manual start")
+    assert len(stamps(log, "start")) >= starts + 2  # the manual start, then an automatic restart again
 
 
 FORKER = ["sh", "-c", "sleep 600 & setsid sleep 600 & sleep 600 & wait"]

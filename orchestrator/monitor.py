@@ -46,15 +46,20 @@ class LivenessMonitor:
         if current is None:
             return
         now = self.clock()
-        live = runtime.load(self.state_dir)
-        for name, agent in current.agents.items():
-            probe = agent.liveness
-            if probe is None or self.due.get(name, 0.0) > now:
+        due = [(agent, agent.liveness) for agent in current.agents.values()
+               if agent.liveness is not None and self.due.get(agent.name, 0.0) <= now]
+        if not due:
+            return
+        latched = runtime.load_global(self.state_dir).latch is not None
+        for agent, probe in due:
+            if probe is None:
                 continue
+            name = agent.name
             self.due[name] = now + probe.period
-            entry = live.agent(name)
-            if live.latch or entry.given_up or entry.waiting_for or entry.in_warmup(agent.resources.warmup, now) \
-                    or not self._up(agent):
+            entry = runtime.load_agent(self.state_dir, name)   # one small file: not every agent's, every tick
+            started = self._up_since(agent)
+            if latched or entry.given_up or entry.stopped or entry.waiting_for or started is None \
+                    or now - started < agent.resources.warmup:
                 self.failed[name] = 0
                 continue
             result = probes.check(probe, timeout=probe.timeout, cwd=current.project_dir)
@@ -67,5 +72,9 @@ class LivenessMonitor:
                 detail = f"liveness {probes.describe(probe)} failed {probe.failures} times in a row: {result.detail}"
                 self.submit("LIVENESS_FAILED", {"groupname": name, "detail": detail})
 
-    def _up(self, agent: Agent) -> bool:
-        return all(self.client.process(name).state in UP_STATES for name in process_names(agent))
+    def _up_since(self, agent: Agent) -> float | None:
+        """When the agent's newest process started (supervisord's clock), or None unless all are up."""
+        infos = [self.client.process(name) for name in process_names(agent)]
+        if not all(info.state in UP_STATES for info in infos):
+            return None
+        return float(max(info.start for info in infos))

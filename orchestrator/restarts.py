@@ -60,6 +60,7 @@ class Keeper:
         self.history = History(state_dir)
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
         self.recovering: set[str] = set()
+        self._graph: tuple[object, dict[str, list[str]]] | None = None
 
     def agents(self) -> Mapping[str, Agent]:
         current = self.history.current()
@@ -98,12 +99,14 @@ class Keeper:
         if agent is None:
             return
         state = event.removeprefix("PROCESS_STATE_")
-        now = self.clock()
-        if state == "STARTING":  # started, by anyone: no longer waiting for a dependency
-            runtime.update_agent(self.state_dir, group, lambda h, _: replace(h.started(now), waiting_for=""))
-            return
-        if state == "RUNNING":
-            self.work.put(("RUNNING", {"groupname": group}))
+        if state in ("STARTING", "RUNNING"):  # started, by anyone: no longer waiting for a dependency
+            # Read first, write only when something changes: with every agent crash-looping the
+            # keeper must keep up with two events a restart (the start time itself comes from
+            # supervisord when the process ends, see `process_times`).
+            if runtime.load_agent(self.state_dir, group).waiting_for:
+                runtime.update_agent(self.state_dir, group, lambda h, _: replace(h, waiting_for="") if h.waiting_for else None)
+            if state == "RUNNING" and self._dependents(group):
+                self.work.put(("RUNNING", {"groupname": group}))
             return
         if state == "STOPPED":
             if group in self.expect_stop:
@@ -162,7 +165,8 @@ class Keeper:
             return
         decision, rule = outcome[0]
         self._carry_out(name, decision, agent)
-        if rule.act == "decide" and (decision.action in ("restart", "give-up") or not ended.expected):
+        if rule.act == "decide" and (decision.action in ("restart", "give-up") or not ended.expected) \
+                and self._dependents(name):
             self.work.put(("DEPENDENCY_FAILED", {"groupname": name}))
 
     def _carry_out(self, name: str, decision: Decision, agent: Agent) -> None:
@@ -219,28 +223,40 @@ class Keeper:
     def fire(self, name: str) -> None:
         """A restart is due: start the agent's processes that are down, unless something changed meanwhile.
 
-        Under the runtime lock, so an operator's stop, `down` or an emergency stop
-        recorded before this point is seen, and one recorded after it finds the
-        process started and stops it. The pending mark is cleared after the start,
-        which supervisord carries out at most once per decision (`start_once`): a
-        listener killed in between finds the restart pending, asks again, and
-        nothing starts twice.
+        The start is asked of supervisord outside the runtime lock (a lock held across an
+        RPC slowed every other agent's events), and supervisord carries it out at most once
+        per decision (`start_once`), so a listener killed at any point here asks again
+        with the same token and nothing starts twice; the pending mark is cleared only
+        after the start. Should an operator's stop, `down` or an emergency stop have been
+        recorded between the check and the start, the process just started is stopped
+        again: what the operator recorded wins.
         """
         agent = self.agents().get(name)
         if agent is None:
             return
-        with runtime.locked(self.state_dir):
-            entry = runtime.load_agent(self.state_dir, name)
-            live = runtime.load_global(self.state_dir)
-            if live.latch is not None or live.stand_down == self.supervisord_pid or entry.given_up or entry.stopped \
-                    or entry.next_restart_at is None or entry.waiting_for:
-                return
-            started = False
-            for process in process_names(agent):  # at most once per decision, even if this listener dies here
-                started = self.client.start_once(process, token=f"{name}#{entry.exits}") or started
-            runtime.save_agent(self.state_dir, name, replace(entry, next_restart_at=None))
-        if started:
+        entry = runtime.load_agent(self.state_dir, name)
+        if not self._may_fire(entry, runtime.load_global(self.state_dir)):
+            return
+        token = f"{name}#{entry.exits}"
+        started = False
+        for process in process_names(agent):
+            started = self.client.start_once(process, token=token) or started
+        cancelled: list[bool] = []
+
+        def done(now: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
+            cancelled.append(not self._may_fire(now, live) and now.exits == entry.exits)
+            return replace(now, next_restart_at=None) if now.exits == entry.exits else None
+
+        runtime.update_agent(self.state_dir, name, done)
+        if cancelled and cancelled[0] and started:
+            self.log(f"{name}: stopped again: it was stopped or latched while its restart was being carried out")
+            stop_in_order(self.client, [name], {})
+        elif started:
             self.log(f"{name}: restarted")
+
+    def _may_fire(self, entry: AgentHistory, live: runtime.RuntimeState) -> bool:
+        return not (live.latch is not None or live.stand_down == self.supervisord_pid or entry.given_up or entry.stopped
+                    or entry.next_restart_at is None or entry.waiting_for)
 
     # -- the worker thread: what waits -------------------------------------
 
@@ -289,13 +305,21 @@ class Keeper:
     # -- dependency failure ----------------------------------------------
 
     def _dependents(self, name: str) -> list[str]:
-        agents = self.agents()
-        return list(Graph.of_agents(agents).dependents(name))
+        """What depends on `name` (directly or not) and acts when it fails: from a graph built once per version."""
+        current = self.history.current()
+        if current is None:
+            return []
+        if self._graph is None or self._graph[0] is not current:
+            graph = Graph.of_agents(current.agents)
+            acting = {n: [d for d in graph.dependents(n) if current.agents[d].on_dependency_failure != "ignore"]
+                      for n in current.agents}
+            self._graph = (current, acting)
+        return self._graph[1].get(name, [])
 
     def dependency_failed(self, name: str) -> None:
         """`name` stopped being ready: its dependents act on their on_dependency_failure."""
         agents = self.agents()
-        acting = [d for d in self._dependents(name) if agents[d].on_dependency_failure != "ignore"]
+        acting = self._dependents(name)
         if not acting:
             return
         with runtime.changing(self.state_dir) as live:
@@ -317,7 +341,7 @@ class Keeper:
 
     def recover_dependents(self, name: str) -> None:
         """`name` is running again: once it is ready, bring back (in order) the dependents waiting for it."""
-        waiting = sorted(n for n, entry in runtime.load(self.state_dir).agents.items() if entry.waiting_for == name)
+        waiting = sorted(n for n in self._dependents(name) if runtime.load_agent(self.state_dir, n).waiting_for == name)
         if waiting and name not in self.recovering:
             self.recovering.add(name)
             threading.Thread(target=self._recover, args=(name, waiting), name=f"recover-{name}", daemon=True).start()

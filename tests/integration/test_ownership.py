@@ -175,3 +175,22 @@ def test_a_port_answered_by_another_process_does_not_make_the_agent_ready(projec
         assert " ready " not in done.stderr.replace("did not become ready", "")
     finally:
         squatter.close()
+
+
+def test_down_started_while_up_is_still_starting_waits_for_it_and_leaves_nothing(project):
+    """Regression: `down` during `up`'s start of supervisord said "Nothing was running." and exited 0; then up started
+    everything."""
+    ports = free_ports(3)
+    for index, name in enumerate(["feed", "calc", "report"]):
+        project.toy(name, ports[index], depends_on=["feed"] if index else [], delay=0.5)
+    up = subprocess.Popen([ORCHESTRATOR, "-m", str(project.manifests), "up", "--yes"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (project.state / "apply.lock").exists(), 30, message="up to take the lock")
+        down = project.run("down", "--yes")
+    finally:
+        up.communicate(timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "Nothing was running" not in down.stdout
+    assert project.supervisord_pid() is None
+    assert orphans.find(str(project.state)) == []

@@ -58,7 +58,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
-    percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
+    baseline_conf, cpu, listener_of, percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
 from orchestrator.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, WINDOW, GOAL, OVERDUE = 200, 30.0, 0.100, 1.0
@@ -82,26 +82,6 @@ restart: {{policy: exponential-backoff, delay: {delay}s, multiplier: {multiplier
           max_attempts: 1000, window: 10m}}
 """
 
-BASELINE = """\
-[unix_http_server]
-file={dir}/s.sock
-chmod=0700
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}/logs
-loglevel=info
-minfds=1024
-minprocs=200
-umask=022
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/s.sock
-"""
 
 PROGRAM = """
 [program:{name}]
@@ -180,19 +160,6 @@ def measure(stamps: Path, names: list[str], *, end: float, with_policy: bool) ->
     return found
 
 
-def cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-def listener_of(supervisord: psutil.Process) -> psutil.Process:
-    for child in supervisord.children():
-        with contextlib.suppress(psutil.Error):
-            if any("orchestrator.listener" in arg for arg in child.cmdline()):
-                return child
-    raise SystemExit(f"no orchestrator.listener child of supervisord {supervisord.pid}")
-
-
 def supervisord_of(pid_file: Path, must_name: str) -> psutil.Process:
     """The running supervisord the pid file names (its command line must mention `must_name`)."""
     try:
@@ -250,7 +217,7 @@ def main() -> None:
     base_dir = tmp / "b"
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
-    conf.write_text(BASELINE.format(dir=base_dir) + "".join(
+    conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
         PROGRAM.format(name=name, script=script, stamps=base_stamps, dir=base_dir, mark=MARK, tmp=tmp) for name in programs))
 
     kept_logs: Path | None = None

@@ -45,7 +45,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
+from bench.common import baseline_conf, check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
 from orchestrator import orphans  # noqa: E402
 from orchestrator.lifecycle import socket_of  # noqa: E402
 from orchestrator.manifest import LoadOptions, load  # noqa: E402
@@ -64,26 +64,6 @@ depends_on: [{deps}]
 min_uptime: 0s
 """
 
-BASELINE = """\
-[unix_http_server]
-file={dir}/s.sock
-chmod=0700
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}/logs
-loglevel=info
-minfds=1024
-minprocs=400
-umask=022
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/s.sock
-"""
 
 PROGRAM = """
 [program:{name}]
@@ -197,7 +177,7 @@ def main() -> None:
     base_dir = tmp / "b"
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
-    conf.write_text(BASELINE.format(dir=base_dir) + "".join(
+    conf.write_text(baseline_conf(base_dir, minprocs=400) + "".join(
         PROGRAM.format(name=name, sleep=SLEEP, priority=index + 1, mark=MARK, tmp=tmp, dir=base_dir)
         for index, name in enumerate(programs)))
 

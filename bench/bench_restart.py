@@ -54,7 +54,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import check, stop_everything, terminate_as_interrupt  # noqa: E402
+from bench.common import baseline_conf, check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
 from orchestrator.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, KILLS, QUIET, POLL_EVERY, FILE_POLL, TIMEOUT, IDLE_CPU, GOAL = 200, 15, 1.5, 0.010, 0.002, 5.0, 10.0, 0.025
@@ -71,26 +71,6 @@ echo "$({date} +%s.%N) $$" >> "$1"
 exec {sleep} 3600
 """
 
-BASELINE = """\
-[unix_http_server]
-file={dir}/s.sock
-chmod=0700
-
-[supervisord]
-logfile={dir}/supervisord.log
-pidfile={dir}/supervisord.pid
-childlogdir={dir}/logs
-loglevel=info
-minfds=1024
-minprocs=200
-umask=022
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{dir}/s.sock
-"""
 
 PROGRAM = """
 [program:{name}]
@@ -188,19 +168,6 @@ class Poller(threading.Thread):
             self.stopping.wait(POLL_EVERY)
 
 
-def cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-def listener_of(supervisord: psutil.Process) -> psutil.Process:
-    for child in supervisord.children():
-        with contextlib.suppress(psutil.Error):
-            if any("orchestrator.listener" in arg for arg in child.cmdline()):
-                return child
-    raise SystemExit(f"no orchestrator.listener child of supervisord {supervisord.pid}")
-
-
 def series(sides: list[Side], mode: str, programs: list[int]) -> bool:
     """One kill per program, alternating the sides (and which goes first); False when too many timed out."""
     for turn, index in enumerate(programs):
@@ -292,7 +259,7 @@ def main() -> None:
     base_dir = tmp / "b"
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
-    conf.write_text(BASELINE.format(dir=base_dir) + "".join(
+    conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
         PROGRAM.format(name=name, script=script, stamps=stamps, dir=base_dir) for name in programs))
 
     pollers: list[Poller] = []

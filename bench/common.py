@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import subprocess
 import time
 from pathlib import Path
 from collections.abc import Callable, Sequence
+
+import psutil
 
 TEMPLATE = """\
 command: ["{{ python }}", "-c", "import time; time.sleep(3600)", "{{ name }}", "--port", "{{ vars.port }}"]
@@ -226,3 +229,45 @@ def stop_supervisord(pid_file: Path, config: Path, supervisorctl: str, *, timeou
         process.kill()
         process.wait(5)
     return None
+
+
+_BASELINE_CONF = """\
+[unix_http_server]
+file={dir}/s.sock
+chmod=0700
+
+[supervisord]
+logfile={dir}/supervisord.log
+pidfile={dir}/supervisord.pid
+childlogdir={dir}/logs
+loglevel=info
+minfds=1024
+minprocs={minprocs}
+umask=022
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{dir}/s.sock
+"""
+
+
+def baseline_conf(directory: object, *, minprocs: int) -> str:
+    """The main section of a plain supervisord configuration in `directory` (socket, log, pid file there): a baseline's."""
+    return _BASELINE_CONF.format(dir=directory, minprocs=minprocs)
+
+
+def cpu(process: psutil.Process) -> float:
+    """CPU seconds (user + system) a process has used."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def listener_of(supervisord: psutil.Process) -> psutil.Process:
+    """orchestrator's event listener among a supervisord's children."""
+    for child in supervisord.children():
+        with contextlib.suppress(psutil.Error):
+            if any("orchestrator.listener" in arg for arg in child.cmdline()):
+                return child
+    raise SystemExit(f"no orchestrator.listener child of supervisord {supervisord.pid}")

@@ -32,6 +32,7 @@ from orchestrator.model import ManifestSet
 from orchestrator.plan import to_lines
 from orchestrator.sequencer import Event
 
+PRIVATE_UMASK = 0o077
 EXIT_BUG = 70
 
 
@@ -507,6 +508,9 @@ def emergency_clear_command(options: Options) -> None:
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of the `orchestrator` command."""
+    # Everything written into the state directory (versions with their environment values, locks,
+    # runtime state) is the operator's alone: files 0600, directories 0700.
+    os.umask(PRIVATE_UMASK)
     try:
         cli.main(args=argv, prog_name="orchestrator", standalone_mode=True)
     except SystemExit:

@@ -83,6 +83,14 @@ def write_atomically(path: str, text: str) -> None:
         raise
 
 
+def _make_private(root: str) -> None:
+    """Files 0600 and directories 0700 below `root` (copytree copies each directory's mode)."""
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o700)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o600)
+
+
 def _point(link: str, target: str) -> None:
     """Make `link` a symlink to `target`, atomically (a new link renamed over the old one)."""
     tmp = f"{link}.tmp-{os.getpid()}"
@@ -197,10 +205,12 @@ class History:
             os.makedirs(snapshot)
             for part in _MANIFEST_PARTS:
                 source = os.path.join(manifests.manifests_dir, part)
+                # the operator's text byte for byte; not their file modes: a snapshot is private
                 if os.path.isdir(source):
-                    shutil.copytree(source, os.path.join(snapshot, part))
+                    shutil.copytree(source, os.path.join(snapshot, part), copy_function=shutil.copyfile)
                 elif os.path.isfile(source):
-                    shutil.copy2(source, snapshot)
+                    shutil.copyfile(source, os.path.join(snapshot, part))
+            _make_private(snapshot)
             agents = {a.name: to_plain(a) for a in manifests.agents}
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,

@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: Te
     parser.add_argument("--state-dir", required=True)
     args = parser.parse_args(argv)
     state_dir = os.path.abspath(args.state_dir)
+    os.umask(0o077)  # its runtime files are private, whatever supervisord's umask
     from orchestrator.lifecycle import socket_of  # here: lifecycle pulls in apply, which the shell itself does not need
 
     socket_path = socket_of(state_dir)

@@ -13,7 +13,10 @@ was the listener's bottleneck. Every write is atomic (temporary file, fsync,
 rename), so a kill -9 at any moment leaves the old content or the new.
 
 Fields this version does not know (written by a newer one, or by hand) are
-ignored when read and never make the state unreadable.
+ignored when read and kept when runtime.json is written back. The latch fails
+closed: a runtime.json that cannot be read or parsed, or a latch in a form
+this version does not understand, counts as latched (with a reason saying
+why) until `orchestrator emergency-clear` writes a fresh one.
 
 Called by the listener (restart keeper, liveness monitor, boot), the control
 commands, apply, down and status.
@@ -104,15 +107,20 @@ def load_agent(state_dir: str, name: str) -> AgentHistory:
         return AgentHistory()
 
 
+_UNREADABLE = "_unreadable"  # set by _read_global when runtime.json exists but cannot be read
+
+
 def _read_global(state_dir: str) -> dict[str, Any]:
+    """runtime.json as a mapping; {} when there is none; {_UNREADABLE: why} when it cannot be read or parsed."""
+    path = os.path.join(state_dir, FILE)
     try:
-        with open(os.path.join(state_dir, FILE), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:
+        return {_UNREADABLE: f"{type(exc).__name__}: {exc}"}
+    return data if isinstance(data, dict) else {_UNREADABLE: f"a JSON {type(data).__name__}, not an object"}
 
 
 def _legacy_agents(state_dir: str) -> dict[str, AgentHistory]:
@@ -124,13 +132,30 @@ def _legacy_agents(state_dir: str) -> dict[str, AgentHistory]:
 def load_global(state_dir: str) -> RuntimeState:
     """The latch and the stand-down mark, without the agents."""
     data = _read_global(state_dir)
+    if _UNREADABLE in data:
+        # Fail closed: an emergency stop may be recorded in what cannot be read. Latched until cleared.
+        since = _mtime(os.path.join(state_dir, FILE))
+        why = f"{FILE} is unreadable ({data[_UNREADABLE]}); treated as latched until `orchestrator emergency-clear`"
+        return RuntimeState(latch=Latch(since=since, reason=why))
     latch_raw = data.get("latch")
     latch = None
     if isinstance(latch_raw, dict):
-        latch = Latch(since=float(latch_raw.get("since", 0.0)), reason=str(latch_raw.get("reason", "")))
+        try:
+            latch = Latch(since=float(latch_raw.get("since", 0.0)), reason=str(latch_raw.get("reason", "")))
+        except (TypeError, ValueError):
+            latch = Latch(since=0.0, reason=f"a latch recorded in a form this version cannot read: {latch_raw!r}")
+    elif latch_raw is not None:
+        latch = Latch(since=0.0, reason=f"a latch recorded in a form this version cannot read: {latch_raw!r}")
     stand_down = data.get("stand_down")
     extra = {k: v for k, v in data.items() if k not in ("latch", "stand_down", "format")}
     return RuntimeState(latch=latch, stand_down=stand_down if isinstance(stand_down, int) else None, extra=extra)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return time.time()
 
 
 def load(state_dir: str) -> RuntimeState:

@@ -192,3 +192,21 @@ def test_a_supervisord_that_does_not_answer_is_not_mistaken_for_a_dead_one(proje
         assert psutil.pid_exists(feed) and psutil.Process(feed).status() != psutil.STATUS_ZOMBIE
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def test_nothing_in_the_state_directory_is_readable_by_other_users(project):
+    """Agent logs were 0644 (supervisord ran with umask 022), and the versions' manifest copies kept their modes:
+    a secret an agent printed, or an environment value, was readable by any local user."""
+    _dag(project)
+    project.run("up", check=True)
+    project.run("apply", check=True)
+    seen = []
+    for path in [project.state, *project.state.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        seen.append(path)
+        assert mode & 0o007 == 0, f"{path.relative_to(project.root)} is mode {oct(mode & 0o777)}"
+    names = {p.name for p in seen}
+    assert {"supervisord.log", "_orchestrator.log", "runtime.json.lock", "apply.lock", "version.json"} <= names
+    assert any(p.name.endswith(".err.log") for p in seen) and any(p.suffix == ".yaml" for p in seen)

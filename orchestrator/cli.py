@@ -33,6 +33,7 @@ from orchestrator.plan import to_lines
 from orchestrator.sequencer import Event
 
 PRIVATE_UMASK = 0o077
+EMERGENCY_RPC_TIMEOUT = 2.0  # a hung supervisord must not hold up an emergency stop
 EXIT_BUG = 70
 
 
@@ -489,13 +490,20 @@ def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
     """Kill every agent now: SIGTERM to every process group at once, SIGKILL after 3 s.
 
     No ordering. It latches: nothing restarts automatically, and apply and
-    start refuse, until `orchestrator emergency-clear`.
+    start refuse, until `orchestrator emergency-clear`. It needs nothing but
+    the kernel: the agents are found by the marker in their environment, so
+    it works when supervisord hangs, the disk is full or read-only, or the
+    manifests are broken; what it could not record it says.
     """
-    live = _Live(options)
+    state_dir = options.state_dir_only()
     _confirm_stop("EVERY agent at once, with no ordering", yes)
-    ended = control.emergency_stop(live.state_dir, live.client, reason=reason, say=_say)
-    click.echo(click.style(f"Emergency stop: {ended} process(es) ended; latched until `orchestrator emergency-clear`.",
-                           fg="red", bold=True))
+    client = Client(lifecycle.socket_of(state_dir), timeout=EMERGENCY_RPC_TIMEOUT)
+    report = control.emergency_stop(state_dir, client, reason=reason, say=_say)
+    for problem in report.problems:
+        click.echo(click.style(f"warning: {problem}", fg="yellow"), err=True)
+    latched = "latched until `orchestrator emergency-clear`" if report.latched else "NOT latched (see the warning above)"
+    click.echo(click.style(f"Emergency stop: {report.signalled} process(es) signalled, {report.killed} of them killed; "
+                           f"{latched}.", fg="red", bold=True))
 
 
 @cli.command("emergency-clear")

@@ -18,14 +18,14 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import psutil
 
-from orchestrator import runtime
+from orchestrator import orphans, runtime
 from orchestrator.apply import mark_stopping
 from orchestrator.stopping import stop_in_order
-from orchestrator.client import UP_STATES, Client
+from orchestrator.client import UP_STATES, Client, SupervisorError
 from orchestrator.errors import OrchestratorError
 from orchestrator.graph import Graph
 from orchestrator.history import History
@@ -94,39 +94,72 @@ def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps
     return [n for n in graph.stop_order if n in wanted]
 
 
-def emergency_stop(state_dir: str, client: Client, *, reason: str = "", deadline: float = EMERGENCY_DEADLINE,
-                   say: Callable[[str], None] = lambda line: None) -> int:
-    """Latch, then end every agent's process group at once; the number of processes ended."""
-    with runtime.changing(state_dir) as live:
-        live.latch = runtime.Latch(since=time.time(), reason=reason)
-        for name in list(live.agents):
-            live.agents[name] = replace(live.agent(name), next_restart_at=None)
-    victims: dict[int, psutil.Process] = {}
-    groups: set[int] = set()
-    for process in client.processes():
-        if process.group.startswith("_") or not process.pid:
-            continue
+@dataclass
+class EmergencyReport:
+    """What an emergency stop did, and what it could not do."""
+
+    signalled: int = 0            # processes that got SIGTERM
+    killed: int = 0               # ... of which still alive after the deadline, and SIGKILLed
+    latched: bool = False         # the latch is recorded in the runtime state
+    problems: list[str] = field(default_factory=list)   # what could not be done, in words
+
+
+def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", deadline: float = EMERGENCY_DEADLINE,
+                   say: Callable[[str], None] = lambda line: None) -> EmergencyReport:
+    """End every agent's processes at once, whatever else is broken; then say what could not be recorded.
+
+    In this order, each step independent of the others:
+      1. the latch is recorded, if the state directory can be written (a full or read-only
+         disk is reported, not fatal): the restart keeper then restarts nothing;
+      2. supervisord is asked to stop every agent's group without waiting (if it answers),
+         so what it stops counts as stopped on request and is not restarted either;
+      3. every process that carries the state directory's marker and a configuration hash
+         (every agent and each of its descendants, found in /proc: no supervisord, lock or
+         manifest needed) gets SIGTERM, to its process group and to itself, and SIGKILL
+         after `deadline` seconds.
+    """
+    report = EmergencyReport()
+    try:
+        with runtime.changing(state_dir) as live:
+            live.latch = runtime.Latch(since=time.time(), reason=reason)
+            for name in list(live.agents):
+                live.agents[name] = replace(live.agent(name), next_restart_at=None)
+        report.latched = True
+    except OSError as exc:
+        report.problems.append(f"the latch could not be recorded in {state_dir}: {exc.strerror or exc}; "
+                               "nothing will stop supervisord's restart keeper from restarting agents it sees exit")
+    if client is not None:
         try:
-            root = psutil.Process(process.pid)
-            for member in [root, *root.children(recursive=True)]:
-                victims[member.pid] = member
+            for group in sorted({p.group for p in client.processes() if not is_internal(p.group)}):
+                client.stop_group(group, wait=False)
+        except SupervisorError as exc:
+            report.problems.append(f"supervisord did not take the stop: {exc}")
+    victims = orphans.find(state_dir, agents_only=True)
+    groups: set[int] = set()
+    for process in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             groups.add(os.getpgid(process.pid))
-        except (psutil.Error, ProcessLookupError):
-            continue
     for pgid in groups:
         _signal_group(pgid, signal.SIGTERM)
-    for member in victims.values():  # children that left the agent's process group
+    for member in victims:  # children that left the agent's process group
         _signal(member, signal.SIGTERM)
-    say(f"SIGTERM sent to {len(victims)} process(es) of {len(groups)} agent process group(s)")
-    _, alive = psutil.wait_procs(list(victims.values()), timeout=deadline)
+    report.signalled = len(victims)
+    say(f"SIGTERM sent to {len(victims)} process(es) in {len(groups)} process group(s)")
+    _, alive = psutil.wait_procs(victims, timeout=deadline)
     if alive:
         for pgid in groups:
             _signal_group(pgid, signal.SIGKILL)
         for member in alive:
             _signal(member, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=deadline)
+        report.killed = len(alive)
         say(f"SIGKILL sent to {len(alive)} process(es) still alive after {deadline:g}s")
-    return len(victims)
+    return report
+
+
+def is_internal(group: str) -> bool:
+    """orchestrator's own programs (the listener) are groups whose names start with '_': not agents."""
+    return group.startswith("_")
 
 
 def _signal_group(pgid: int, signum: int) -> None:

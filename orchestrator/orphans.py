@@ -17,18 +17,23 @@ from collections.abc import Callable
 
 import psutil
 
-from orchestrator.render import MARKER
+from orchestrator.render import CONFIG_MARKER, MARKER
 import contextlib
 
 TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
-def find(state_dir: str, *, keep_tree_of: int | None = None) -> list[psutil.Process]:
-    """Processes marked with `state_dir`, except `keep_tree_of` and its descendants (a live supervisord)."""
+def find(state_dir: str, *, keep_tree_of: int | None = None, agents_only: bool = False) -> list[psutil.Process]:
+    """Processes marked with `state_dir`, except `keep_tree_of` and its descendants (a live supervisord).
+
+    `agents_only`: only agents and their descendants (they also carry a configuration hash;
+    orchestrator's own listener does not).
+    """
     found = []
     for process in psutil.process_iter(["pid"]):
         try:
-            if process.environ().get(MARKER) != state_dir:
+            environ = process.environ()
+            if environ.get(MARKER) != state_dir or (agents_only and CONFIG_MARKER not in environ):
                 continue
             if keep_tree_of is not None and (process.pid == keep_tree_of or
                                              any(parent.pid == keep_tree_of for parent in process.parents())):

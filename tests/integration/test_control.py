@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 
 import psutil
@@ -125,3 +128,48 @@ def test_the_emergency_latch_holds_across_a_supervisord_restart(project):
     wait_until(lambda: "starting nothing" in log.read_text(), 15, message="the boot listener to decline")
     assert not [e for e in project.events() if e[1] == "start" and e[2] > mark]
     assert project.run("status").returncode == 3
+
+
+def _agent_pids(project) -> list[int]:
+    return list(project.pids().values())
+
+
+def _dead(pids: list[int]) -> bool:
+    return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE for p in pids)
+
+
+def test_an_emergency_stop_ends_every_agent_when_supervisord_hangs(project):
+    """Regression: with supervisord stopped (SIGSTOP), emergency-stop said "supervisord is not running" and stopped nothing."""
+    _chain(project)
+    project.run("up", check=True)
+    pids = _agent_pids(project)
+    supervisord = project.supervisord_pid()
+    os.kill(supervisord, signal.SIGSTOP)
+    try:
+        done = project.run("emergency-stop", "--reason", "hung", "--yes", timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert _dead(pids)
+        assert "supervisord did not take the stop" in done.stderr and "latched until" in done.stdout
+    finally:
+        os.kill(supervisord, signal.SIGCONT)
+    time.sleep(1.5)  # a restart by the keeper would have come by now
+    assert [p for p in _agent_pids(project)] == []
+
+
+def test_an_emergency_stop_ends_every_agent_when_the_state_directory_is_read_only(project):
+    """Regression: on a read-only state directory emergency-stop exited 70 before signalling anything."""
+    _chain(project)
+    project.run("up", check=True)
+    pids = _agent_pids(project)
+    state = str(project.state)
+    subprocess.run(["mount", "--bind", state, state], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", state], check=True)
+        done = project.run("emergency-stop", "--yes", timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert _dead(pids)
+        assert "the latch could not be recorded" in done.stderr and "NOT latched" in done.stdout
+        time.sleep(1.5)  # supervisord stopped them on request: nothing restarts them
+        assert _agent_pids(project) == []
+    finally:
+        subprocess.run(["umount", state], check=True)

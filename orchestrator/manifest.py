@@ -207,7 +207,7 @@ class _Loader:
         state_dir = self.options.state_dir or os.path.join(self.root, settings.state_dir)
         self.state_dir = os.path.normpath(os.path.abspath(state_dir))
         socket = os.path.join(self.state_dir, settings.supervisord.socket)
-        self.checker.diagnostics.extend(validate_settings(node, valid, socket=socket))
+        self.checker.diagnostics.extend(validate_settings(node, valid, socket=socket, state=self.state_dir))
         return node, settings
 
     def defaults_layer(self, settings: Node) -> Node | None:

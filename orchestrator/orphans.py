@@ -8,12 +8,14 @@ agent forked into another process group, or an agent that ignores SIGTERM.
 
 Called by lifecycle (before supervisord starts, after it stops) and by the
 boot listener (before it starts agents), so a restarted supervisord never
-runs a second copy of an agent beside the first.
+runs a second copy of an agent beside the first; and by `stopping`, which
+ends what a stopped agent left behind (`descendants`, `end`): a child that
+called setsid is outside the process group supervisord signals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 
@@ -61,3 +63,37 @@ def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str
             process.kill()
     psutil.wait_procs(alive, timeout=TERM_GRACE)
     return [p.pid for p in orphans]
+
+
+def descendants(roots: Mapping[str, Iterable[int]]) -> dict[str, list[psutil.Process]]:
+    """Every descendant of each name's root pids (one walk of the process table for all of them)."""
+    children: dict[int, list[psutil.Process]] = {}
+    for process in psutil.process_iter(["ppid"]):
+        children.setdefault(process.info["ppid"], []).append(process)
+    found: dict[str, list[psutil.Process]] = {}
+    for name, pids in roots.items():
+        pending, seen = list(pids), []
+        while pending:
+            for child in children.get(pending.pop(), []):
+                seen.append(child)
+                pending.append(child.pid)
+        found[name] = seen
+    return found
+
+
+def end(processes: list[psutil.Process], *, grace: float = TERM_GRACE) -> list[int]:
+    """SIGTERM the processes still alive, SIGKILL after `grace`; the pids that had to be ended."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                process.terminate()
+                alive.append(process)
+        except psutil.Error:
+            continue
+    _, stubborn = psutil.wait_procs(alive, timeout=grace)
+    for process in stubborn:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(stubborn, timeout=grace)
+    return [p.pid for p in alive]

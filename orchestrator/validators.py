@@ -361,8 +361,9 @@ def validate_agents(drafts: Sequence[Draft], ctx: Context) -> list[Diagnostic]:
     return found
 
 
-def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str) -> list[Diagnostic]:
-    """Problems in the settings' fields that passed their type checks; `socket` is the socket's resolved path."""
+def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, state: str = "") -> list[Diagnostic]:
+    """Problems in the settings' fields that passed their type checks; `socket` is the socket's resolved path,
+    which must stay inside the resolved state directory `state`."""
     found: list[Diagnostic] = []
     exporter = values.get("exporter")
     if isinstance(exporter, model.Exporter):
@@ -388,6 +389,15 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str) -> 
         problem = svconf.value_problem(state_dir)
         if problem:
             found.append(_error(where.loc, "state_dir", f"path {problem} (expected a plain path)"))
+    supervisord = values.get("supervisord")
+    relative = getattr(supervisord, "socket", None)
+    if isinstance(relative, str) and state:
+        resolved = os.path.normpath(os.path.join(state, relative))
+        if os.path.commonpath([resolved, state]) != state or resolved == state:
+            where = _child(node, "supervisord", "socket") or node
+            found.append(_error(where.where, "supervisord.socket",
+                                f"{describe(relative)} leaves the state directory "
+                                "(expected a file name inside it, such as supervisor.sock)"))
     if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
         where = _child(node, "supervisord", "socket") or node.get("state_dir") or node
         found.append(_error(where.where, "supervisord.socket",

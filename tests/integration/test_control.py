@@ -173,3 +173,24 @@ def test_an_emergency_stop_ends_every_agent_when_the_state_directory_is_read_onl
         assert _agent_pids(project) == []
     finally:
         subprocess.run(["umount", state], check=True)
+
+
+def test_stop_ends_a_child_that_called_setsid_and_ignores_sigterm_and_says_so(project):
+    """Regression: a child that left the agent's process group (setsid) and ignored SIGTERM survived stop,
+    restart and a replacing apply; only down swept it."""
+    script = project.root / "escaper.sh"
+    script.write_text("#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; exec sleep 600' &\nexec sleep 600\n")
+    script.chmod(0o755)
+    project.write("agents/escaper.yaml", f"""
+        name: escaper
+        command: ["{script}"]
+        min_uptime: 0s
+        stop_timeout: 1s
+    """)
+    project.run("up", check=True)
+    root = psutil.Process(project.pids()["escaper"])
+    wait_until(lambda: root.children(recursive=True), 10, message="the escaping child")
+    tree = [p.pid for p in root.children(recursive=True)]
+    done = project.run("stop", "escaper", "--yes", check=True)
+    assert _dead(tree), [p for p in tree if psutil.pid_exists(p)]
+    assert "ended 1 process(es) it left behind" in done.stderr, done.stderr

@@ -354,8 +354,7 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
         raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
                                 f"(known: {', '.join(sorted(agents)) or 'none'})")
     client = Client(lifecycle.socket_of(state_dir))
-    if not client.is_running():
-        raise OrchestratorError(f"supervisord is not running for {display_path(state_dir)} (start it with `orchestrator up`)")
+    lifecycle.require_running(state_dir, client, shown_as=display_path(state_dir))
     live = runtime.load(state_dir)
     rows = status.collect(client, agents, list(names) or None, histories=live.agents)
     if live.latch is not None and output != "json":
@@ -380,9 +379,7 @@ class _Live:
     def __init__(self, options: Options) -> None:
         self.state_dir = options.state_dir_only()
         self.client = Client(lifecycle.socket_of(self.state_dir))
-        if not self.client.is_running():
-            raise OrchestratorError(f"supervisord is not running for {display_path(self.state_dir)} "
-                                    "(start it with `orchestrator up`)")
+        lifecycle.require_running(self.state_dir, self.client, shown_as=display_path(self.state_dir))
         current = History(self.state_dir).current()
         self.agents = dict(current.agents) if current else {}
         self.graph = graph.Graph.of_agents(self.agents)

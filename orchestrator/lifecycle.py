@@ -47,10 +47,18 @@ def refuse_if_hung(state_dir: str, client: Client) -> None:
         with open(os.path.join(state_dir, "supervisord.pid"), encoding="utf-8") as handle:
             pid = int(handle.read().strip())
         if "supervisord" in " ".join(psutil.Process(pid).cmdline()):
-            raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path}; "
+            raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path} (hung); "
                              f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
     except (OSError, ValueError, psutil.Error):
         return
+
+
+def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> None:
+    """supervisord answers for `state_dir`; otherwise an error that says whether it is hung (with its pid) or not running."""
+    if client.is_running():
+        return
+    refuse_if_hung(state_dir, client)
+    raise StateError(f"supervisord is not running for {shown_as or state_dir} (start it with `orchestrator up`)")
 
 
 def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:

@@ -150,6 +150,8 @@ def test_an_emergency_stop_ends_every_agent_when_supervisord_hangs(project):
         assert done.returncode == 0, done.stderr
         assert _dead(pids)
         assert "supervisord did not take the stop" in done.stderr and "latched until" in done.stdout
+        status = project.run("status", timeout=60)
+        assert status.returncode == 1 and f"supervisord (pid {supervisord}) is running but does not answer" in status.stderr, status.stderr
     finally:
         os.kill(supervisord, signal.SIGCONT)
     time.sleep(1.5)  # a restart by the keeper would have come by now

@@ -26,7 +26,7 @@ from orchestrator import __version__, control, graph, lifecycle, render, runtime
 from orchestrator.apply import ApplyError, ApplyReport, apply, client_for, compute
 from orchestrator.client import Client
 from orchestrator.errors import Diagnostic, ManifestError, OrchestratorError, display_path
-from orchestrator.history import History
+from orchestrator.history import History, read_pointer
 from orchestrator.manifest import LoadOptions, load
 from orchestrator.model import ManifestSet
 from orchestrator.plan import to_lines
@@ -55,6 +55,9 @@ class Options:
         """The state directory, even when the manifests are invalid (down and status must still work)."""
         if self.state_dir:
             return os.path.abspath(self.state_dir)
+        noted = read_pointer(os.path.abspath(self.manifests), self.env)  # left by `up`: no manifest needs to load
+        if noted:
+            return noted
         try:
             return load(LoadOptions(self.manifests, env=self.env, check_commands=False)).state_dir
         except ManifestError:

@@ -23,6 +23,7 @@ boot listener (current's agents).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -102,6 +103,36 @@ def _point(link: str, target: str) -> None:
 
 CLAIM = "up.claim"
 LISTENER_READY = "listener.ready"  # the pid of the listener that reads events now (written by it, read by up)
+
+
+POINTER = ".orchestrator-state"  # beside the manifests: where their state directory is, per environment
+
+
+def _pointers(manifests_dir: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(manifests_dir, POINTER), encoding="utf-8") as handle:
+            data = json.loads(handle.read(65536))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def leave_pointer(manifests_dir: str, state_dir: str, env: str | None) -> None:
+    """Note beside the manifests where their state directory (for `env`) is, so down, status and
+    emergency-stop find it without loading the manifests, which may be broken by then. Best effort:
+    a read-only manifests directory only loses the shortcut."""
+    pointers = _pointers(manifests_dir)
+    if pointers.get(env or "") == state_dir:
+        return
+    pointers[env or ""] = state_dir
+    with contextlib.suppress(OSError):
+        write_atomically(os.path.join(manifests_dir, POINTER), json.dumps(pointers, indent=1, sort_keys=True) + "\n")
+
+
+def read_pointer(manifests_dir: str, env: str | None) -> str | None:
+    """The state directory `leave_pointer` noted beside these manifests for `env`, if it is still a directory."""
+    state_dir = _pointers(manifests_dir).get(env or "")
+    return state_dir if state_dir and os.path.isabs(state_dir) and os.path.isdir(state_dir) else None
 
 
 def leave_claim(state_dir: str, supervisord_pid: int) -> None:

@@ -23,7 +23,7 @@ from orchestrator.apply import ApplyReport, converge, mark_stopping
 from orchestrator.stopping import stop_in_order
 from orchestrator.client import Client, SupervisorError
 from orchestrator.errors import StateError
-from orchestrator.history import LISTENER_READY, History, leave_claim
+from orchestrator.history import LISTENER_READY, History, leave_claim, leave_pointer
 from orchestrator.model import ManifestSet
 from orchestrator.sequencer import Event
 
@@ -109,6 +109,7 @@ def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event],
     history = History(manifests.state_dir)
     client = Client(render.socket_path(manifests))
     with history.lock():
+        leave_pointer(manifests.manifests_dir, manifests.state_dir, manifests.env)
         if not client.is_running():
             rendering = render.render(manifests)
             current = history.current()

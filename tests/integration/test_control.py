@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 
+from orchestrator import orphans
 from tests.integration.conftest import Project, crasher, free_ports, stamps, wait_until
 
 pytestmark = pytest.mark.integration
@@ -196,3 +197,21 @@ def test_stop_ends_a_child_that_called_setsid_and_ignores_sigterm_and_says_so(pr
     done = project.run("stop", "escaper", "--yes", check=True)
     assert _dead(tree), [p for p in tree if psutil.pid_exists(p)]
     assert "ended 1 process(es) it left behind" in done.stderr, done.stderr
+
+
+def test_down_status_and_emergency_stop_find_a_moved_state_directory_when_a_manifest_is_broken(project):
+    """Regression: with `state_dir: ../state` and one typo in an agent file, `down --yes` looked in the default
+    state directory, said "Nothing was running." and exited 0 while every agent kept running."""
+    (project.manifests / "orchestrator.yaml").write_text("project: test\nstate_dir: ../state\n")
+    _chain(project)
+    project.run("up", check=True)
+    state = project.root / "state"
+    pids = [int(p) for p in (state / "supervisord.pid").read_text().split()]
+    project.write("agents/zz-broken.yaml", "name: broken\nbogus: [\n")
+    assert project.run("validate").returncode == 1
+    status = project.run("status")
+    assert status.returncode == 0 and "feed" in status.stdout, status.stderr
+    done = project.run("down", "--yes")
+    assert done.returncode == 0 and "Nothing was running" not in done.stdout, done.stdout + done.stderr
+    assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
+    assert orphans.find(str(state)) == []

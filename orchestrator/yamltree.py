@@ -14,6 +14,8 @@ loader); scalars are resolved by ruamel's own YAML 1.2 resolver and built here.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from typing import Any
 from collections.abc import Iterator
@@ -80,13 +82,30 @@ def _yaml() -> YAML:
 _PARSER = _yaml()
 
 
+# Bounds that keep a hostile or broken file from hanging, exhausting or crashing the loader; each is
+# far above any real manifest (the demo's largest is under 2 KB and 6 levels deep).
+MAX_FILE_BYTES = 1 << 20     # a manifest file's size
+MAX_DEPTH = 64               # nesting of mappings and sequences, checked before the C composer recurses
+MAX_NODES = 100_000          # values built from one file, aliases counted each time they are used
+MAX_SCALAR_BYTES = 8 << 20   # text built from one file, aliases counted each time they are used
+
+
 def load_file(path: str) -> LoadResult:
     """The located tree of the YAML file at `path`, or the diagnostics that prevent reading it."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return LoadResult(None, [Diagnostic(Location(path), "", f"not a regular file (a {_kind(info.st_mode)}); "
+                                                "expected a YAML file")])
+        if info.st_size > MAX_FILE_BYTES:
+            return LoadResult(None, [Diagnostic(Location(path), "", f"{info.st_size} bytes, larger than the "
+                                                f"{MAX_FILE_BYTES} a manifest may be (expected a smaller file)")])
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return LoadResult(None, [Diagnostic(Location(path), "", f"cannot read: {exc.strerror}")])
+    if len(data) > MAX_FILE_BYTES:  # it grew while being read
+        return LoadResult(None, [Diagnostic(Location(path), "", f"larger than the {MAX_FILE_BYTES} bytes a manifest may be")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -98,8 +117,51 @@ def load_file(path: str) -> LoadResult:
     return load_text(text, path)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _too_deep(text: str, path: str) -> Diagnostic | None:
+    """Flow nesting (`[` and `{`) deeper than MAX_DEPTH, found before the composer sees it: ruamel's C
+    composer recurses once per level in C, and 30,000 nested brackets crash the process.
+    Quotes and comments are skipped roughly; a bracket miscounted there errs toward a syntax error
+    the composer would report anyway."""
+    depth, line, col, quote = 0, 1, 0, ""
+    in_comment = False
+    for char in text:
+        col += 1
+        if char == "\n":
+            line, col, in_comment = line + 1, 0, False
+            continue
+        if in_comment:
+            continue
+        if quote:
+            if char == quote:
+                quote = ""
+            continue
+        if char in "\"'" and depth:
+            quote = char
+        elif char == "#":
+            in_comment = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return Diagnostic(Location(path, line, col), "", f"nested more than {MAX_DEPTH} levels deep "
+                                  "(expected a flatter structure)")
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return None
+
+
 def load_text(text: str, path: str) -> LoadResult:
     """The located tree of YAML `text`, naming `path` in locations."""
+    deep = _too_deep(text, path)
+    if deep is not None:
+        return LoadResult(None, [deep])
     try:
         documents = list(_PARSER.compose_all(text))
     except MarkedYAMLError as exc:
@@ -113,8 +175,19 @@ def load_text(text: str, path: str) -> LoadResult:
     if not documents or documents[0] is None:
         return LoadResult(Node({}, Location(path, 1, 1)))
     builder = _Builder(path)
-    root = builder.build(documents[0], None, depth=0)
+    try:
+        root = builder.build(documents[0], None, depth=0)
+    except _Budget as exc:
+        return LoadResult(None, [Diagnostic(exc.loc, "", str(exc))])
     return LoadResult(root, builder.diagnostics)
+
+
+class _Budget(Exception):
+    """The file expands past MAX_NODES or MAX_SCALAR_BYTES (an alias bomb, typically)."""
+
+    def __init__(self, message: str, loc: Location) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def _syntax_error(exc: MarkedYAMLError, text: str, path: str) -> Diagnostic:
@@ -159,14 +232,25 @@ def _loc(path: str, node: YamlNode) -> Location:
 class _Builder:
     """Turns a composed ruamel node graph into `Node`s, collecting duplicate-key errors."""
 
-    MAX_DEPTH = 64  # deeper than any manifest; stops alias bombs and runaway recursion
+    MAX_DEPTH = MAX_DEPTH  # deeper than any manifest; stops runaway recursion (aliases nest too)
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.diagnostics: list[Diagnostic] = []
+        self.nodes = 0
+        self.text_bytes = 0
 
     def build(self, node: YamlNode, key_loc: Location | None, depth: int) -> Node:
         loc = _loc(self.path, node)
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _Budget(f"expands to more than {MAX_NODES} values (an alias used again and again?); "
+                          "expected a manifest of ordinary size", loc)
+        if isinstance(node, ScalarNode):
+            self.text_bytes += len(node.value)
+            if self.text_bytes > MAX_SCALAR_BYTES:
+                raise _Budget(f"expands to more than {MAX_SCALAR_BYTES} bytes of text (an alias used again and again?); "
+                              "expected a manifest of ordinary size", loc)
         if depth > self.MAX_DEPTH:
             self.diagnostics.append(Diagnostic(loc, "", f"nested more than {self.MAX_DEPTH} levels deep"))
             return Node(None, loc, key_loc)

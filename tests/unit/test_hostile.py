@@ -1,0 +1,83 @@
+"""Hostile manifests: what any editor (or an attacker with write access to the manifests) can produce must
+end `validate` quickly with a located error, never hang, exhaust memory or crash the interpreter.
+
+Each case runs the real command in a subprocess with a deadline, so a hang or a crash of the C parser
+is a failed test, not a hung suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
+DEADLINE = 30.0
+
+BILLION_LAUGHS = "name: a\ncommand: [x]\nvars:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10))
+
+
+def _validate(manifests: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ORCHESTRATOR, "-m", str(manifests), "validate"], capture_output=True, text=True,
+                          timeout=DEADLINE, stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+
+
+def _set(tmp_path: Path) -> Path:
+    manifests = tmp_path / "manifests"
+    (manifests / "agents").mkdir(parents=True)
+    (manifests / "orchestrator.yaml").write_text("project: hostile\n")
+    (manifests / "agents" / "ok.yaml").write_text("name: ok\ncommand: [sleep, '60']\n")
+    return manifests
+
+
+def _fails_cleanly(done: subprocess.CompletedProcess[str], where: str, what: str) -> None:
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "internal error" not in done.stderr
+    assert where in done.stderr and what in done.stderr, done.stderr
+
+
+def test_a_billion_laughs_alias_bomb_is_refused_quickly(tmp_path):
+    """Regression: 603 bytes of nested aliases made validate, plan, apply and down hang, memory growing ~13 MB/s."""
+    manifests = _set(tmp_path)
+    (manifests / "agents" / "a.yaml").write_text(BILLION_LAUGHS)
+    _fails_cleanly(_validate(manifests), "agents/a.yaml:", "alias used again and again")
+
+
+def test_thirty_thousand_nested_brackets_are_refused_before_the_c_parser_recurses(tmp_path):
+    """Regression: 30,000 nested `[` crashed ruamel's C composer with SIGSEGV (exit 139)."""
+    manifests = _set(tmp_path)
+    depth = 30_000
+    (manifests / "agents" / "a.yaml").write_text("name: a\ncommand: [x]\nvars: " + "[" * depth + "]" * depth + "\n")
+    _fails_cleanly(_validate(manifests), "agents/a.yaml:3:", "nested more than 64 levels deep")
+
+
+def test_a_fifo_among_the_agents_is_named_not_waited_on(tmp_path):
+    """Regression: a FIFO in agents/ made validate wait forever for a writer."""
+    manifests = _set(tmp_path)
+    os.mkfifo(manifests / "agents" / "pipe.yaml")
+    _fails_cleanly(_validate(manifests), "agents/pipe.yaml", "not a regular file (a FIFO)")
+
+
+def test_a_link_to_a_device_is_named_not_read(tmp_path):
+    """Regression: a link to /dev/zero ended validate with exit 70 MemoryError."""
+    manifests = _set(tmp_path)
+    (manifests / "agents" / "zero.yaml").symlink_to("/dev/zero")
+    _fails_cleanly(_validate(manifests), "agents/zero.yaml", "not a regular file (a character device)")
+
+
+def test_a_manifest_larger_than_the_limit_is_refused_with_its_size(tmp_path):
+    manifests = _set(tmp_path)
+    (manifests / "agents" / "big.yaml").write_text("name: big\ncommand: [x]\n# " + "x" * (2 << 20) + "\n")
+    _fails_cleanly(_validate(manifests), "agents/big.yaml", "larger than the 1048576 a manifest may be")
+
+
+@pytest.mark.parametrize("depth", [40, 60])
+def test_ordinary_nesting_stays_valid(tmp_path, depth):
+    manifests = _set(tmp_path)
+    (manifests / "agents" / "a.yaml").write_text("name: a\ncommand: [sleep, '60']\nvars: {v: " + "[" * depth + "]" * depth + "}\n")
+    done = _validate(manifests)
+    assert done.returncode == 0, done.stderr

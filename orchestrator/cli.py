@@ -13,6 +13,7 @@ message on stderr and an exit code:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -85,6 +86,18 @@ def _summary(diagnostics: list[Diagnostic]) -> str:
     return ", ".join(parts)
 
 
+# Errors of the machine, not of orchestrator: the user's to fix, said plainly, exit 1 (70 stays for bugs).
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space there, then retry",
+    errno.EDQUOT: "the disk quota is used up: free space there, then retry",
+    errno.EROFS: "that filesystem is mounted read-only: remount it read-write or choose another --state-dir",
+    errno.EACCES: "permission denied: run as the user who owns it, or fix its permissions",
+    errno.EPERM: "not permitted: run as the user who owns it",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files on this machine",
+}
+
+
 class _Group(click.Group):
     """Maps orchestrator's errors to messages and exit codes, for every command at once."""
 
@@ -98,6 +111,12 @@ class _Group(click.Group):
         except OrchestratorError as exc:
             click.echo(click.style(f"error: {exc}", fg="red"), err=True)
             ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(click.style(f"error:{where}: {exc.strerror} ({_ENVIRONMENT_ERRNOS[exc.errno]})", fg="red"), err=True)
+            ctx.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -25,8 +25,24 @@ DURATION_HINT = "a duration such as 500ms, 10s, 5m, 1h, 1m30s or a number of sec
 SIZE_HINT = "a size such as 1048576, 512KB, 50MB, 1GiB"
 
 
+# No duration or size in a manifest is near these; beyond them a number is a typo (or 400 zeros),
+# and past float's range it would not even convert.
+MAX_SECONDS = 10 * 366 * 86400.0
+MAX_BYTES = 1 << 60
+
+
 def parse_duration(value: object) -> float:
-    """Seconds in `value`; raises ValueError when it is not a duration."""
+    """Seconds in `value` (at most MAX_SECONDS); raises ValueError when it is not a duration."""
+    try:
+        seconds = _duration(value)
+    except OverflowError as exc:
+        raise ValueError(value) from exc
+    if not 0 <= seconds <= MAX_SECONDS:
+        raise ValueError(value)
+    return seconds
+
+
+def _duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, (int, float)):
@@ -56,7 +72,17 @@ def parse_duration(value: object) -> float:
 
 
 def parse_size(value: object) -> int:
-    """Bytes in `value`; raises ValueError when it is not a size."""
+    """Bytes in `value` (at most MAX_BYTES); raises ValueError when it is not a size."""
+    try:
+        size = _size(value)
+    except OverflowError as exc:
+        raise ValueError(value) from exc
+    if not 0 <= size <= MAX_BYTES:
+        raise ValueError(value)
+    return size
+
+
+def _size(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(value)
     if isinstance(value, int):

@@ -174,6 +174,8 @@ def test_an_emergency_stop_ends_every_agent_when_the_state_directory_is_read_onl
         assert "the latch could not be recorded" in done.stderr and "NOT latched" in done.stdout
         time.sleep(1.5)  # supervisord stopped them on request: nothing restarts them
         assert _agent_pids(project) == []
+        start = project.run("start-all")  # cannot record anything there: an error of the machine, said plainly
+        assert start.returncode == 1 and "read-only" in start.stderr and "internal error" not in start.stderr, start.stderr
     finally:
         subprocess.run(["umount", state], check=True)
 

@@ -217,3 +217,30 @@ def test_down_status_and_emergency_stop_find_a_moved_state_directory_when_a_mani
     assert done.returncode == 0 and "Nothing was running" not in done.stdout, done.stdout + done.stderr
     assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE
     assert orphans.find(str(state)) == []
+
+
+def test_an_emergency_stop_ends_every_agent_when_the_state_disk_is_full(project):
+    """Regression: on a full state disk emergency-stop exited 70 (ENOSPC writing the latch) before signalling anything."""
+    state = project.root / "small"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], check=True)
+    try:
+        _chain(project)
+        project.run("--state-dir", str(state), "up", check=True)
+        pids = _agent_pids(project)
+        assert pids
+        with open(state / "filler", "wb", buffering=0) as filler:  # fill the disk to the last byte
+            for chunk in (65536, 4096, 1):
+                try:
+                    while True:
+                        filler.write(b"\0" * chunk)
+                except OSError:
+                    pass
+        done = project.run("emergency-stop", "--yes", timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert _dead(pids)
+        assert "the latch could not be recorded" in done.stderr and "No space left" in done.stderr
+    finally:
+        (state / "filler").unlink(missing_ok=True)
+        project.run("down", "--yes")
+        subprocess.run(["umount", str(state)], check=True)

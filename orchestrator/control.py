@@ -34,6 +34,7 @@ from orchestrator.sequencer import Event, Result, Sequencer
 import contextlib
 
 EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
+LATCH_LOCK_TIMEOUT = 5.0  # an emergency stop does not wait longer than this for the runtime lock
 
 
 def _live(state_dir: str) -> Mapping[str, Agent]:
@@ -108,26 +109,18 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
                    say: Callable[[str], None] = lambda line: None) -> EmergencyReport:
     """End every agent's processes at once, whatever else is broken; then say what could not be recorded.
 
-    In this order, each step independent of the others:
-      1. the latch is recorded, if the state directory can be written (a full or read-only
-         disk is reported, not fatal): the restart keeper then restarts nothing;
-      2. supervisord is asked to stop every agent's group without waiting (if it answers),
-         so what it stops counts as stopped on request and is not restarted either;
-      3. every process that carries the state directory's marker and a configuration hash
+    Signals first, records afterwards, each step independent of the others:
+      1. supervisord is asked to stop every agent's group without waiting (if it answers
+         within seconds), so what ends counts as stopped on request and is not restarted;
+      2. every process that carries the state directory's marker and a configuration hash
          (every agent and each of its descendants, found in /proc: no supervisord, lock or
          manifest needed) gets SIGTERM, to its process group and to itself, and SIGKILL
-         after `deadline` seconds.
+         after `deadline` seconds;
+      3. the latch is recorded, if the state directory can be written and its lock is free
+         within LATCH_LOCK_TIMEOUT (a full or read-only disk, or a stuck lock holder, is
+         reported, not fatal).
     """
     report = EmergencyReport()
-    try:
-        with runtime.changing(state_dir) as live:
-            live.latch = runtime.Latch(since=time.time(), reason=reason)
-            for name in list(live.agents):
-                live.agents[name] = replace(live.agent(name), next_restart_at=None)
-        report.latched = True
-    except OSError as exc:
-        report.problems.append(f"the latch could not be recorded in {state_dir}: {exc.strerror or exc}; "
-                               "nothing will stop supervisord's restart keeper from restarting agents it sees exit")
     if client is not None:
         try:
             for group in sorted({p.group for p in client.processes() if not is_internal(p.group)}):
@@ -154,6 +147,16 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
         psutil.wait_procs(alive, timeout=deadline)
         report.killed = len(alive)
         say(f"SIGKILL sent to {len(alive)} process(es) still alive after {deadline:g}s")
+    try:
+        with runtime.changing(state_dir, timeout=LATCH_LOCK_TIMEOUT) as live:
+            live.latch = runtime.Latch(since=time.time(), reason=reason)
+            for name in list(live.agents):
+                live.agents[name] = replace(live.agent(name), next_restart_at=None)
+        report.latched = True
+    except (OSError, runtime.LockTimeout) as exc:
+        why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        report.problems.append(f"the latch could not be recorded in {state_dir}: {why}; the agents were stopped, but "
+                               "a start or apply is not refused until it is (emergency-stop again once that is fixed)")
     return report
 
 

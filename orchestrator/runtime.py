@@ -182,12 +182,28 @@ def _save_global(state_dir: str, state: RuntimeState) -> None:
     write_atomically(os.path.join(state_dir, FILE), json.dumps(data, indent=1))
 
 
+class LockTimeout(OrchestratorError):
+    """Another process held the runtime lock for longer than the caller could wait."""
+
+
 @contextmanager
-def locked(state_dir: str) -> Iterator[None]:
-    """Hold the runtime lock (every read-modify-write of the runtime files holds it)."""
+def locked(state_dir: str, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the runtime lock (every read-modify-write of the runtime files holds it); at most `timeout` s of waiting."""
     os.makedirs(state_dir, exist_ok=True)
     with open(os.path.join(state_dir, FILE + ".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        if timeout is None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LockTimeout(f"the runtime state in {state_dir} stayed locked by another process "
+                                          f"for {timeout:g}s") from None
+                    time.sleep(0.02)
         try:
             yield
         finally:
@@ -195,13 +211,13 @@ def locked(state_dir: str) -> Iterator[None]:
 
 
 @contextmanager
-def changing(state_dir: str) -> Iterator[RuntimeState]:
+def changing(state_dir: str, *, timeout: float | None = None) -> Iterator[RuntimeState]:
     """Read, let the caller change, and write back the runtime state, holding its lock throughout.
 
     Only what changed is written: the agents whose history differs, and runtime.json when
     the latch or the stand-down mark did.
     """
-    with locked(state_dir):
+    with locked(state_dir, timeout=timeout):
         state = load(state_dir)
         before_agents = dict(state.agents)
         before = (state.latch, state.stand_down)

@@ -123,7 +123,9 @@ class Keeper:
         process = f"{group}:{payload.get('processname', group)}"
         # supervisord's own times: the policy's delay counts from the exit, and the uptime is the
         # process's, however late this listener reads the event (it may have just been restarted)
-        began, ended_at, exitstatus = self.client.process_times(process)
+        noted = runtime.read_exit(self.state_dir, process, int(payload.get("pid", "0") or 0)) \
+            if state == "EXITED" else None
+        began, ended_at, exitstatus = noted or self.client.process_times(process)
         # FATAL: supervisord could not start it at all (startsecs is 0, so never "exited too quickly")
         ended = Exit(exitstatus=None if state == "FATAL" else exitstatus, expected=payload.get("expected") == "1",
                      during_start=state == "FATAL")

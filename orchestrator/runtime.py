@@ -41,6 +41,7 @@ from orchestrator.policies import AgentHistory
 
 FILE = "runtime.json"
 AGENTS_DIR = "runtime"
+EXITS_DIR = "exits"   # runtime/exits/GROUP:PROCESS: how a process last ended, written by supervisord's extension
 _SUFFIX = ".json"
 
 
@@ -168,6 +169,19 @@ def load(state_dir: str) -> RuntimeState:
                 agents[entry.removesuffix(_SUFFIX)] = load_agent(state_dir, entry.removesuffix(_SUFFIX))
     state.agents = agents
     return state
+
+
+def read_exit(state_dir: str, process: str, pid: int) -> tuple[float, float, int | None] | None:
+    """(start, stop, exit status) of process `group:name` as supervisord's extension noted its exit with
+    `pid`; None when there is no such note (another pid, an older supervisord, an unwritable disk)."""
+    try:
+        with open(os.path.join(state_dir, AGENTS_DIR, EXITS_DIR, process), encoding="utf-8") as handle:
+            noted_pid, start, stop, status = handle.read(200).split()
+        if int(noted_pid) != pid:
+            return None
+        return float(start), float(stop), None if int(status) == -1 else int(status)
+    except (OSError, ValueError):
+        return None
 
 
 def save_agent(state_dir: str, name: str, history: AgentHistory) -> None:

@@ -127,8 +127,41 @@ class OrchestratorNamespace:
         return hashes
 
 
+EXITS_DIR = "exits"  # below the state directory's runtime/: runtime.EXITS_DIR (not imported, as CONFIG_MARKER)
+STATE_MARKER = "ORCHESTRATOR_STATE_DIR"  # render.MARKER
+
+
+def note_exit(event: Any) -> None:
+    """Write down how an agent's process ended, for the restart keeper, as supervisord sees it.
+
+    supervisord's EXITED event carries no times and no exit status; asking for them over
+    XML-RPC costs a request supervisord must serve between two passes of its loop, and with
+    every agent crash-looping those requests were a third of its work. A file per process
+    (pid, start, stop, exit status; replaced atomically, about 50 microseconds) costs it
+    nothing but a write. The keeper reads it and checks the pid against the event's.
+    """
+    process = event.process
+    environment = process.config.environment or {}
+    state_dir = environment.get(STATE_MARKER)
+    group = process.group.config.name if process.group is not None else ""
+    if not state_dir or not group or CONFIG_MARKER not in environment:
+        return  # not an agent of ours
+    pid = dict(event.extra_values).get("pid", process.pid)
+    status = -1 if process.exitstatus is None else int(process.exitstatus)
+    directory = os.path.join(state_dir, "runtime", EXITS_DIR)
+    path = os.path.join(directory, f"{group}:{process.config.name}")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            handle.write(f"{pid} {process.laststart!r} {process.laststop!r} {status}\n")
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass  # a full or read-only disk: the keeper asks over XML-RPC instead
+
+
 def make_interface(supervisord: Any, **config: Any) -> OrchestratorNamespace:
     waker = _Waker()
+    events.subscribe(events.ProcessStateExitedEvent, note_exit)  # before the wake: the keeper may read it at once
     events.subscribe(events.ProcessStateEvent, waker.wake)
     # A child's death is seen through its pipes closing, but it may not be
     # reapable yet; supervisord then polls again, and Python resumes that poll

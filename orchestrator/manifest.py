@@ -356,7 +356,9 @@ class _Loader:
             message = f"environment variable {exc.name} is not set (set it, or give a default: env('{exc.name}', 'value'))"
         except (TemplateError, ArithmeticError, TypeError, ValueError, AttributeError) as exc:
             message = f"template error: {exc} (expected a template that renders to a value)"
-        except (RecursionError, MemoryError):  # jinja's parser recurses per nested bracket: "{{ {{{{{{..."
+        except (RecursionError, MemoryError, SyntaxError):
+            # jinja's parser recurses per nested bracket ("{{ {{{{{{..."), and Python refuses to compile the code it
+            # generates for 200 chained attributes ("too many nested parentheses")
             message = "template nested too deeply to read (expected a simple expression such as {{ vars.port }})"
         self.error(node.loc, path, message)
         return node.with_value(FAILED)

@@ -53,7 +53,8 @@ class AgentHistory:
     waiting_for: str = ""                 # a dependency that stopped being ready: this agent acts when it is back
     stopped: bool = False                 # stopped by the operator (stop, down, apply's removal): nothing restarts it
     exits: int = 0                        # ends the keeper has decided on; a starter waits for it to move
-    decided_at: float | None = None       # when the keeper last decided (a pending restart's delay counts from it)
+    decided_at: float | None = None       # when the keeper decided the last restart (its delay counts from it)
+    restart_token: str = ""               # names that restart decision: supervisord starts once per token
     last_event: str = ""                  # "SUPERVISORD_PID:SERIAL" of the last event handled: a redelivery is not counted twice
 
     def started(self, now: float) -> AgentHistory:

@@ -144,9 +144,15 @@ class Keeper:
                 return None  # delivered again after the listener died holding it: already counted
             if expect_exits is not None and entry.exits != expect_exits:
                 return None  # the attempt this report is about was already decided (it exited first)
+            pending = entry.next_restart_at is not None
+            if pending and started and entry.decided_at is not None and started >= entry.decided_at:
+                # The pending restart was carried out (its listener died before clearing the mark): this is
+                # the end of the process it started, to be decided like any other.
+                pending = False
+                entry = replace(entry, next_restart_at=None)
             phase = ownership.phase_of(latched=live.latch is not None, standing_down=live.stand_down == self.supervisord_pid,
                                        given_up=entry.given_up, stopped=entry.stopped,
-                                       restart_pending=entry.next_restart_at is not None, up=False, ready=False)
+                                       restart_pending=pending, up=False, ready=False)
             rule = ownership.rule(phase, "not-ready" if expect_exits is not None else "exited")
             if started:
                 entry = replace(entry, started_at=started)
@@ -160,7 +166,10 @@ class Keeper:
             else:
                 decision = Decision("record", reason=f"ended while {phase}: {rule.why}", history=entry)
             outcome.append((decision, rule))
-            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event, decided_at=now)
+            if decision.action != "restart":  # a decision that only records keeps a pending restart as it was
+                return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event)
+            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event, decided_at=now,
+                           restart_token=f"{name}#{entry.exits + 1}")
 
         runtime.update_agent(self.state_dir, name, change)
         if not outcome:
@@ -239,15 +248,16 @@ class Keeper:
         entry = runtime.load_agent(self.state_dir, name)
         if not self._may_fire(entry, runtime.load_global(self.state_dir)):
             return
-        token = f"{name}#{entry.exits}"
+        token = entry.restart_token or f"{name}#{entry.exits}"  # one token per restart decision
         started = False
         for process in process_names(agent):
             started = self.client.start_once(process, token=token) or started
         cancelled: list[bool] = []
 
         def done(now: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
-            cancelled.append(not self._may_fire(now, live) and now.exits == entry.exits)
-            return replace(now, next_restart_at=None) if now.exits == entry.exits else None
+            same = now.restart_token == entry.restart_token and now.decided_at == entry.decided_at
+            cancelled.append(not self._may_fire(now, live) and same)
+            return replace(now, next_restart_at=None) if same and now.next_restart_at is not None else None
 
         runtime.update_agent(self.state_dir, name, done)
         if cancelled and cancelled[0] and started:

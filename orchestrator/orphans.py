@@ -49,19 +49,10 @@ def find(state_dir: str, *, keep_tree_of: int | None = None, agents_only: bool =
 def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str], None] = lambda line: None) -> list[int]:
     """End every orphan of `state_dir`: SIGTERM, then SIGKILL after TERM_GRACE; the PIDs ended."""
     orphans = find(state_dir, keep_tree_of=keep_tree_of)
-    if not orphans:
-        return []
     for process in orphans:
-        try:
+        with contextlib.suppress(psutil.Error):
             say(f"ending orphan {process.pid} ({' '.join(process.cmdline())[:80]})")
-            process.terminate()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    _, alive = psutil.wait_procs(orphans, timeout=TERM_GRACE)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            process.kill()
-    psutil.wait_procs(alive, timeout=TERM_GRACE)
+    end(orphans)
     return [p.pid for p in orphans]
 
 

@@ -11,6 +11,8 @@ their names say (`512MB`, `1GiB`).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -29,17 +31,23 @@ SIZE_HINT = "a size such as 1048576, 512KB, 50MB, 1GiB"
 # and past float's range it would not even convert.
 MAX_SECONDS = 10 * 366 * 86400.0
 MAX_BYTES = 1 << 60
+N = TypeVar("N", int, float)
+
+
+def _bounded(parse: Callable[[object], N], value: object, limit: N) -> N:
+    """`parse(value)` between 0 and `limit`, an overflow included, or ValueError."""
+    try:
+        parsed = parse(value)
+    except OverflowError as exc:
+        raise ValueError(value) from exc
+    if not 0 <= parsed <= limit:
+        raise ValueError(value)
+    return parsed
 
 
 def parse_duration(value: object) -> float:
     """Seconds in `value` (at most MAX_SECONDS); raises ValueError when it is not a duration."""
-    try:
-        seconds = _duration(value)
-    except OverflowError as exc:
-        raise ValueError(value) from exc
-    if not 0 <= seconds <= MAX_SECONDS:
-        raise ValueError(value)
-    return seconds
+    return _bounded(_duration, value, MAX_SECONDS)
 
 
 def _duration(value: object) -> float:
@@ -73,13 +81,7 @@ def _duration(value: object) -> float:
 
 def parse_size(value: object) -> int:
     """Bytes in `value` (at most MAX_BYTES); raises ValueError when it is not a size."""
-    try:
-        size = _size(value)
-    except OverflowError as exc:
-        raise ValueError(value) from exc
-    if not 0 <= size <= MAX_BYTES:
-        raise ValueError(value)
-    return size
+    return _bounded(_size, value, MAX_BYTES)
 
 
 def _size(value: object) -> int:

@@ -232,8 +232,6 @@ def _loc(path: str, node: YamlNode) -> Location:
 class _Builder:
     """Turns a composed ruamel node graph into `Node`s, collecting duplicate-key errors."""
 
-    MAX_DEPTH = MAX_DEPTH  # deeper than any manifest; stops runaway recursion (aliases nest too)
-
     def __init__(self, path: str) -> None:
         self.path = path
         self.diagnostics: list[Diagnostic] = []
@@ -251,8 +249,8 @@ class _Builder:
             if self.text_bytes > MAX_SCALAR_BYTES:
                 raise _Budget(f"expands to more than {MAX_SCALAR_BYTES} bytes of text (an alias used again and again?); "
                               "expected a manifest of ordinary size", loc)
-        if depth > self.MAX_DEPTH:
-            self.diagnostics.append(Diagnostic(loc, "", f"nested more than {self.MAX_DEPTH} levels deep"))
+        if depth > MAX_DEPTH:
+            self.diagnostics.append(Diagnostic(loc, "", f"nested more than {MAX_DEPTH} levels deep"))
             return Node(None, loc, key_loc)
         if isinstance(node, MappingNode):
             return Node(self._mapping(node, depth), loc, key_loc)

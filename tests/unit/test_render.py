@@ -153,3 +153,8 @@ def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_ag
 def test_supervisord_extension_reads_the_same_configuration_marker_that_render_writes():
     from orchestrator import wakeup
     assert wakeup.CONFIG_MARKER == render.CONFIG_MARKER
+
+
+def test_supervisord_extension_names_the_state_marker_and_exit_notes_as_render_and_runtime_do():
+    from orchestrator import runtime, wakeup
+    assert wakeup.STATE_MARKER == render.MARKER and wakeup.EXITS_DIR == runtime.EXITS_DIR

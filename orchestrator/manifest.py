@@ -27,7 +27,6 @@ whole `ManifestSet` or raises one `ManifestError` with every diagnostic.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import sys
@@ -132,11 +131,24 @@ class _Loader:
                 return path
         return None
 
+    def listing(self, directory: str) -> list[str]:
+        """The YAML files in `directory` of the manifests, sorted; hidden files are skipped.
+
+        A directory that exists but cannot be listed is an error naming it, never an empty set:
+        a set read as empty would plan the removal of every agent."""
+        path = os.path.join(self.root, directory) if directory else self.root
+        try:
+            entries = os.listdir(path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self.error(Location(path), "", f"cannot list this directory: {exc.strerror} "
+                       "(expected a directory orchestrator's user may read)")
+            return []
+        return sorted(os.path.join(path, e) for e in entries if not e.startswith(".") and e.endswith(_SUFFIXES))
+
     def available(self, directory: str) -> list[str]:
-        names: set[str] = set()
-        for suffix in _SUFFIXES:
-            names.update(os.path.basename(p)[: -len(suffix)] for p in glob.glob(os.path.join(self.root, directory, "*" + suffix)))
-        return sorted(names)
+        return sorted({os.path.splitext(os.path.basename(p))[0] for p in self.listing(directory)})
 
     # -- the pipeline ------------------------------------------------------
 
@@ -145,6 +157,9 @@ class _Loader:
             raise ManifestError([Diagnostic(Location(self.root), "", "manifests directory not found (expected a directory "
                                             "holding orchestrator.yaml and agents/*.yaml; choose it with -m/--manifests "
                                             "or $ORCHESTRATOR_MANIFESTS)")])
+        self.listing("")
+        if self.checker.diagnostics:  # the manifests directory itself cannot be listed
+            raise ManifestError(self.checker.diagnostics)
         overlay = self.load_overlay()
         settings_node, settings = self.load_settings(overlay)
         defaults = self.defaults_layer(settings_node)
@@ -153,8 +168,9 @@ class _Loader:
         if agents_node is not None and isinstance(agents_node.value, dict):
             # an overlay that is not a mapping was reported by ENV_OVERLAY's check
             agent_overlays = {k: v for k, v in agents_node.value.items() if isinstance(v.value, dict)}
-        paths = sorted(p for s in _SUFFIXES for p in glob.glob(os.path.join(self.root, AGENTS_DIR, "*" + s)))
-        if not paths:
+        before = len(self.checker.diagnostics)
+        paths = self.listing(AGENTS_DIR)
+        if not paths and len(self.checker.diagnostics) == before:  # (not when agents/ could not be listed)
             self.checker.warning(Location(os.path.join(self.root, AGENTS_DIR)), "", "no agent manifests (expected agents/NAME.yaml files)")
         drafts = [draft for path in paths if (draft := self.load_agent(path, defaults, agent_overlays)) is not None]
         names = sorted({d.name for d in drafts if d.name})

@@ -92,3 +92,28 @@ def test_ordinary_nesting_stays_valid(tmp_path, depth):
     (manifests / "agents" / "a.yaml").write_text("name: a\ncommand: [sleep, '60']\nvars: {v: " + "[" * depth + "]" * depth + "}\n")
     done = _validate(manifests)
     assert done.returncode == 0, done.stderr
+
+
+def _without_root_powers(command: list[str]) -> list[str]:
+    """`command` run without the capabilities that let root read any file: the permission bits then hold,
+    as they do for every other user."""
+    drop = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}", *command]
+
+
+@pytest.mark.parametrize("what", ["agents", "manifests", "file"])
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_an_unreadable_directory_or_file_is_an_error_naming_it_never_zero_agents(tmp_path, what, command):
+    """Regression: an unreadable agents/ was "valid: 0 agents", and plan then listed every agent for removal."""
+    manifests = _set(tmp_path)
+    target = {"agents": manifests / "agents", "manifests": manifests, "file": manifests / "agents" / "ok.yaml"}[what]
+    mode = target.stat().st_mode
+    target.chmod(0o300 if target.is_dir() else 0o200)  # a directory that can be entered but not listed
+    try:
+        done = subprocess.run(_without_root_powers([ORCHESTRATOR, "-m", str(manifests), command]), capture_output=True,
+                              text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
+    finally:
+        target.chmod(mode)
+    where = {"agents": "manifests/agents:", "manifests": "manifests:", "file": "agents/ok.yaml:"}[what]
+    _fails_cleanly(done, where, "Permission denied")
+    assert "0 agents" not in done.stdout and "remove" not in done.stdout

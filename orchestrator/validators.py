@@ -294,11 +294,34 @@ def command_is_runnable(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
         yield from _runnable(argv, command, "command", draft, ctx)
 
 
+# Linux passes no single argument or NAME=value string longer than this to a program (execve: E2BIG);
+# refusing longer ones also bounds supervisord's environment parser, whose cost grows with the square
+# of a value's length (shlex builds each token a character at a time): 1 MB took it 13 s.
+MAX_ARG_STRLEN = 131072
+
+
+def _too_long(text: str) -> str | None:
+    size = len(text.encode("utf-8", "surrogateescape")) + 1  # with its terminating NUL
+    return (f"is {size - 1} bytes, longer than the {MAX_ARG_STRLEN - 1} Linux passes to a program in one argument "
+            "or variable") if size > MAX_ARG_STRLEN else None
+
+
 def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    command = draft.node.get("command")
+    if command is not None and isinstance(command.value, list):
+        for index, item in enumerate(command.value):
+            problem = _too_long(item.value) if isinstance(item.value, str) else None
+            if problem:
+                yield _error(item.loc, f"command[{index}]", f"argument {problem} (expected a shorter argument; "
+                             "pass large data in a file the agent reads)")
     env = draft.node.get("env")
     if env is not None and isinstance(env.value, dict):
         for key, item in env.value.items():
-            if isinstance(item.value, str) and not _LINE_BREAK.search(item.value):  # line breaks: the type check said so
+            problem = _too_long(f"{key}={item.value}") if isinstance(item.value, str) else None
+            if problem:
+                yield _error(item.loc, f"env.{key}", f"{key}={{value}} {problem} (expected a shorter value; "
+                             "put large data in a file the agent reads)")
+            elif isinstance(item.value, str) and not _LINE_BREAK.search(item.value):  # line breaks: the type check said so
                 problem = svconf.env_value_problem(item.value)
                 if problem:
                     yield _error(item.loc, f"env.{key}", f"value {problem} (expected a value supervisord can pass through; "

@@ -117,3 +117,20 @@ def test_an_unreadable_directory_or_file_is_an_error_naming_it_never_zero_agents
     where = {"agents": "manifests/agents:", "manifests": "manifests:", "file": "agents/ok.yaml:"}[what]
     _fails_cleanly(done, where, "Permission denied")
     assert "0 agents" not in done.stdout and "remove" not in done.stdout
+
+
+def test_an_environment_value_linux_could_not_pass_is_refused_with_its_size(tmp_path):
+    """Regression: a 1 MB value took validate 13 s in supervisord's parser (its cost grows with the square of a
+    value's length), and execve would have refused it anyway (E2BIG above 128 KiB per NAME=value)."""
+    manifests = _set(tmp_path)
+    (manifests / "agents" / "big.yaml").write_text("name: big\ncommand: [sleep, '60']\nenv:\n  BIG: " + "x" * 1_000_000 + "\n")
+    _fails_cleanly(_validate(manifests), "agents/big.yaml:4:8: env.BIG", "longer than the 131071 Linux passes")
+
+
+def test_the_longest_value_linux_passes_is_valid_and_reaches_the_program(tmp_path):
+    manifests = _set(tmp_path)
+    value = "x" * (131071 - len("BIG="))
+    (manifests / "agents" / "big.yaml").write_text(f"name: big\ncommand: [sleep, '60']\nenv:\n  BIG: {value}\n")
+    done = _validate(manifests)
+    assert done.returncode == 0, done.stderr[:500]
+    assert subprocess.run(["sh", "-c", 'test ${#BIG} -eq "$1"', "sh", str(len(value))], env={"BIG": value}).returncode == 0

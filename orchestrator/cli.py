@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 
 import click
 
-from orchestrator import __version__, control, graph, lifecycle, render, runtime, schema, status
+from orchestrator import __version__, control, graph, lifecycle, orphans, render, runtime, schema, status
 from orchestrator.apply import ApplyError, ApplyReport, apply, client_for, compute
 from orchestrator.client import Client
 from orchestrator.errors import Diagnostic, ManifestError, OrchestratorError, display_path
@@ -56,9 +56,16 @@ class Options:
         """The state directory, even when the manifests are invalid (down and status must still work)."""
         if self.state_dir:
             return os.path.abspath(self.state_dir)
-        noted = read_pointer(os.path.abspath(self.manifests), self.env)  # left by `up`: no manifest needs to load
+        manifests_dir = os.path.abspath(self.manifests)
+        noted = read_pointer(manifests_dir, self.env)  # left by `up`: no manifest needs to load
         if noted:
             return noted
+        running = orphans.state_dirs_of(manifests_dir, self.env)  # the markers of a running project's processes
+        if len(running) == 1:
+            return running[0]
+        if running:
+            raise OrchestratorError(f"{len(running)} running projects were started from these manifests "
+                                    f"({', '.join(map(display_path, running))}); choose one with --state-dir")
         try:
             return load(LoadOptions(self.manifests, env=self.env, check_commands=False)).state_dir
         except ManifestError:

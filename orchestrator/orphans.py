@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Mapping
 
 import psutil
 
-from orchestrator.render import CONFIG_MARKER, MARKER
 import contextlib
+
+from orchestrator.render import CONFIG_MARKER, ENV_MARKER, MANIFESTS_MARKER, MARKER
 
 TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
@@ -44,6 +45,22 @@ def find(state_dir: str, *, keep_tree_of: int | None = None, agents_only: bool =
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def state_dirs_of(manifests_dir: str, env: str | None) -> list[str]:
+    """The state directories of running projects rendered from `manifests_dir` (and `env`), found by the
+    markers orchestrator's listener carries: how `down`, `status` and `emergency-stop` find a running
+    project when nothing else names its state directory and the manifests may not load."""
+    found = set()
+    for process in psutil.process_iter(["pid"]):
+        try:
+            environ = process.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if environ.get(MANIFESTS_MARKER) == manifests_dir and environ.get(ENV_MARKER, "") == (env or "") \
+                and environ.get(MARKER):
+            found.add(environ[MARKER])
+    return sorted(found)
 
 
 def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str], None] = lambda line: None) -> list[int]:

@@ -201,18 +201,29 @@ def test_stop_ends_a_child_that_called_setsid_and_ignores_sigterm_and_says_so(pr
     assert "ended 1 process(es) it left behind" in done.stderr, done.stderr
 
 
-def test_down_status_and_emergency_stop_find_a_moved_state_directory_when_a_manifest_is_broken(project):
+@pytest.mark.parametrize("found_by", ["pointer", "markers"])
+def test_down_status_and_emergency_stop_find_a_moved_state_directory_when_a_manifest_is_broken(project, found_by):
     """Regression: with `state_dir: ../state` and one typo in an agent file, `down --yes` looked in the default
-    state directory, said "Nothing was running." and exited 0 while every agent kept running."""
+    state directory, said "Nothing was running." and exited 0 while every agent kept running.
+
+    found_by: the pointer `up` leaves beside the manifests, or (that pointer lost) the markers of the
+    running project's processes."""
     (project.manifests / "orchestrator.yaml").write_text("project: test\nstate_dir: ../state\n")
     _chain(project)
     project.run("up", check=True)
     state = project.root / "state"
     pids = [int(p) for p in (state / "supervisord.pid").read_text().split()]
     project.write("agents/zz-broken.yaml", "name: broken\nbogus: [\n")
+    if found_by == "markers":
+        (project.manifests / ".orchestrator-state").unlink()
     assert project.run("validate").returncode == 1
     status = project.run("status")
     assert status.returncode == 0 and "feed" in status.stdout, status.stderr
+    agents = _agent_pids(project)
+    stopped = project.run("emergency-stop", "--yes")
+    assert stopped.returncode == 0 and "latched until" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert _dead(agents)
+    assert "emergency stop" in project.run("status").stderr.lower()  # the latch was recorded in the moved state
     done = project.run("down", "--yes")
     assert done.returncode == 0 and "Nothing was running" not in done.stdout, done.stdout + done.stderr
     assert not psutil.pid_exists(pids[0]) or psutil.Process(pids[0]).status() == psutil.STATUS_ZOMBIE

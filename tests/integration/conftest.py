@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import orphans
+from orchestrator import orphans, render
 
 TOY = Path(__file__).resolve().parent / "toy.py"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
@@ -152,11 +152,7 @@ class Project:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def supervisord_pid(self) -> int | None:
-        try:
-            pid = int((self.state / "supervisord.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if psutil.pid_exists(pid) else None
+        return _pid_in(self.state / "supervisord.pid")
 
     def pids(self) -> dict[str, int]:
         """Agent -> pid of its running process, from `status --output json`."""
@@ -166,12 +162,36 @@ class Project:
         return {row["agent"]: row["pid"] for row in json.loads(done.stdout) if row["pid"]}
 
     def teardown(self) -> None:
+        """Stop everything the test started, even where a failed test left it: `down`, then, for every state
+        directory under this test's root that running processes are marked with (a test may move it),
+        its supervisord killed by the pid in its pid file and every marked process ended."""
         self.run("down", "--yes", timeout=120)
-        pid = self.supervisord_pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        orphans.sweep(str(self.state))
+        states = {str(self.state)} | {state for state in _marked_states() if state.startswith(str(self.root) + os.sep)}
+        for state in sorted(states):
+            pid = _pid_in(Path(state) / "supervisord.pid")
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            orphans.sweep(state)
+
+
+def _pid_in(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if psutil.pid_exists(pid) else None
+
+
+def _marked_states() -> set[str]:
+    """The state directories running processes are marked with."""
+    found = set()
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            state = process.environ().get(render.MARKER)
+            if state:
+                found.add(state)
+    return found
 
 
 @pytest.fixture

@@ -180,25 +180,34 @@ def test_an_emergency_stop_ends_every_agent_when_the_state_directory_is_read_onl
         subprocess.run(["umount", state], check=True)
 
 
-def test_stop_ends_a_child_that_called_setsid_and_ignores_sigterm_and_says_so(project):
+@pytest.mark.parametrize("action", ["stop", "restart", "apply", "emergency-stop"])
+def test_a_stop_ends_a_child_that_called_setsid_and_ignores_sigterm_and_says_so(project, action):
     """Regression: a child that left the agent's process group (setsid) and ignored SIGTERM survived stop,
-    restart and a replacing apply; only down swept it."""
+    restart, a replacing apply and emergency-stop; only down swept it. A stop -> start -> restart -> apply
+    sequence left 3 such orphans."""
     script = project.root / "escaper.sh"
     script.write_text("#!/bin/sh\nsetsid sh -c 'trap \"\" TERM; exec sleep 600' &\nexec sleep 600\n")
     script.chmod(0o755)
-    project.write("agents/escaper.yaml", f"""
+    agent = f"""
         name: escaper
         command: ["{script}"]
         min_uptime: 0s
         stop_timeout: 1s
-    """)
+    """
+    project.write("agents/escaper.yaml", agent)
     project.run("up", check=True)
     root = psutil.Process(project.pids()["escaper"])
     wait_until(lambda: root.children(recursive=True), 10, message="the escaping child")
     tree = [p.pid for p in root.children(recursive=True)]
-    done = project.run("stop", "escaper", "--yes", check=True)
+    assert any(os.getsid(p) != os.getsid(root.pid) for p in tree)  # it did leave the agent's session
+    if action == "apply":  # a change that replaces the agent
+        project.write("agents/escaper.yaml", agent.rstrip(" ") + "        env: {GENERATION: '2'}\n")
+        done = project.run("apply", "--yes", check=True)
+    else:
+        done = project.run(action, *(["escaper"] if action in ("stop", "restart") else []), "--yes", check=True)
     assert _dead(tree), [p for p in tree if psutil.pid_exists(p)]
-    assert "ended 1 process(es) it left behind" in done.stderr, done.stderr
+    said = {"emergency-stop": "killed"}.get(action, "ended 1 process(es) it left behind")
+    assert said in done.stdout + done.stderr, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("found_by", ["pointer", "markers"])

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import check, free_ports, listening_dag_set, stop_everything, terminate_as_interrupt  # noqa: E402
 from orchestrator import orphans  # noqa: E402
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, LEVELS, DELAY, RUNS = 200, 10, 0.3, 3
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")

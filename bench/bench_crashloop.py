@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (  # noqa: E402
     baseline_conf, cpu, listener_of, percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, WINDOW, GOAL, OVERDUE = 200, 30.0, 0.100, 1.0
 DELAY, MULTIPLIER, MAX_DELAY, RUN_FOR = 0.1, 2.0, 2.0, 0.1

@@ -47,8 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import baseline_conf, check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
 from orchestrator import orphans  # noqa: E402
-from orchestrator.lifecycle import socket_of  # noqa: E402
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.operations.lifecycle import socket_of  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, RUNS, GOAL = 300, 3, 15.0
 SLEEP = "/bin/sleep"

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import check, median_seconds, sleeping_dag_set, stop_everything, terminate_as_interrupt  # noqa: E402
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, LEVELS, RUNS = 500, 10, 7
 BIN = Path(sys.executable).parent

@@ -55,7 +55,7 @@ from supervisor.xmlrpc import SupervisorTransport
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import baseline_conf, check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, KILLS, QUIET, POLL_EVERY, FILE_POLL, TIMEOUT, IDLE_CPU, GOAL = 200, 15, 1.5, 0.010, 0.002, 5.0, 10.0, 0.025
 BUSY = 0.10  # share of a core under which the listener counts as quiet

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import dag_set, median_seconds, run  # noqa: E402
 from orchestrator import render  # noqa: E402
-from orchestrator.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, LEVELS, RUNS, GOAL = 500, 10, 7, 2.0
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")

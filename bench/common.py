@@ -146,7 +146,7 @@ def stop_everything(orchestrator: str, manifests: Path, state_dir: str) -> None:
     import contextlib
     import os
     import signal
-    from orchestrator import orphans
+    from orchestrator.host import orphans
     with contextlib.suppress(Exception):
         subprocess.run([orchestrator, "-m", str(manifests), "down", "--yes"],
                        capture_output=True, text=True, timeout=120)

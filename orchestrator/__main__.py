@@ -1,5 +1,5 @@
 """`python -m orchestrator` runs the command line."""
 
-from orchestrator.cli import main
+from orchestrator.interfaces.cli import main
 
 main()

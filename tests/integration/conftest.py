@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import orphans, render
+from orchestrator.host import orphans
+from orchestrator.supervisord import render
 
 TOY = Path(__file__).resolve().parent / "toy.py"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")

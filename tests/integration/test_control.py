@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from orchestrator import orphans
+from orchestrator.host import orphans
 from tests.integration.conftest import Project, crasher, free_ports, stamps, wait_until
 
 pytestmark = pytest.mark.integration

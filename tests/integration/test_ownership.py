@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator import orphans
+from orchestrator.host import orphans
 from tests.integration.conftest import ORCHESTRATOR, Project, crasher, free_ports, gaps, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration

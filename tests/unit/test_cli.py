@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.interfaces.cli import cli
 from tests.conftest import DEFAULT_MANIFESTS
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from orchestrator.graph import FORMATS, Graph, to_dot, to_mermaid, to_text
-from orchestrator.model import Agent, ManifestSet, Settings
-from orchestrator.validators import find_cycles
+from orchestrator.core.graph import FORMATS, Graph, to_dot, to_mermaid, to_text
+from orchestrator.core.model import Agent, ManifestSet, Settings
+from orchestrator.config.validators import find_cycles
 
 
 def _set(*agents: tuple[str, list[str], int]) -> ManifestSet:

@@ -18,9 +18,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import ManifestError
-from orchestrator.manifest import LoadOptions, load
-from orchestrator.yamltree import load_text
+from orchestrator.core.errors import ManifestError
+from orchestrator.config.manifest import LoadOptions, load
+from orchestrator.config.yamltree import load_text
 from tests.conftest import DEFAULT_MANIFESTS
 
 # Generous, because CI machines are slow and busy: a hang is what this catches, not a slow input. The examples

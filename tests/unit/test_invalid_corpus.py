@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import cli
+from orchestrator.interfaces.cli import cli
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "invalid"
 MIN_CASES = 25

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from orchestrator.errors import ManifestError
-from orchestrator.manifest import LoadOptions, load
+from orchestrator.core.errors import ManifestError
+from orchestrator.config.manifest import LoadOptions, load
 
 BASES = {
     "templates/base.yaml": """

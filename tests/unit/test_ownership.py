@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from orchestrator import ownership
+from orchestrator.core import ownership
 
 
 def test_the_table_answers_for_every_phase_and_event():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.client import ProcessInfo
-from orchestrator.model import Agent, ManifestSet, Probe, Settings
-from orchestrator.plan import Observed, plan, to_lines
+from orchestrator.supervisord.client import ProcessInfo
+from orchestrator.core.model import Agent, ManifestSet, Probe, Settings
+from orchestrator.core.plan import Observed, plan, to_lines
 
 
 def _agent(name: str, **fields) -> Agent:

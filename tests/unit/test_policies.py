@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.model import RestartPolicy
-from orchestrator.policies import AgentHistory, Exit, backoff_delay, decide
+from orchestrator.core.model import RestartPolicy
+from orchestrator.core.policies import AgentHistory, Exit, backoff_delay, decide
 
 CRASH = Exit(exitstatus=1)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from orchestrator.ports import owner_problem
+from orchestrator.host.ports import owner_problem
 
 READY_WITHIN = 10.0   # seconds a child gets to print its "ready" line
 END_WITHIN = 5.0      # seconds a child gets to exit once signalled

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from orchestrator.model import Probe
-from orchestrator.probes import ProbeResult, check, describe, wait_ready
+from orchestrator.core.model import Probe
+from orchestrator.host.probes import ProbeResult, check, describe, wait_ready
 
 SLOW_SECONDS = 3.0   # how long /slow would take to answer if the test did not release it
 

@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 from supervisor.options import ServerOptions
 
-from orchestrator import render
-from orchestrator.cli import cli
-from orchestrator.errors import ManifestError
-from orchestrator.manifest import LoadOptions, load
+from orchestrator.supervisord import render
+from orchestrator.interfaces.cli import cli
+from orchestrator.core.errors import ManifestError
+from orchestrator.config.manifest import LoadOptions, load
 from tests.conftest import DEFAULT_MANIFESTS, FIXTURES, REPO
 
 GOLDEN = REPO / "tests" / "golden"
@@ -151,10 +151,11 @@ def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_ag
 
 
 def test_supervisord_extension_reads_the_same_configuration_marker_that_render_writes():
-    from orchestrator import wakeup
+    from orchestrator.supervisord import extension as wakeup
     assert wakeup.CONFIG_MARKER == render.CONFIG_MARKER
 
 
 def test_supervisord_extension_names_the_state_marker_and_exit_notes_as_render_and_runtime_do():
-    from orchestrator import runtime, wakeup
+    from orchestrator.state import runtime
+    from orchestrator.supervisord import extension as wakeup
     assert wakeup.STATE_MARKER == render.MARKER and wakeup.EXITS_DIR == runtime.EXITS_DIR

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from orchestrator import runtime
-from orchestrator.policies import AgentHistory
+from orchestrator.state import runtime
+from orchestrator.core.policies import AgentHistory
 
 
 def test_an_unparseable_runtime_file_counts_as_latched_until_cleared(tmp_path):

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from jsonschema import Draft7Validator
 from ruamel.yaml import YAML
 
-from orchestrator.cli import cli
-from orchestrator.schema import KINDS, json_schema
+from orchestrator.interfaces.cli import cli
+from orchestrator.config.schema import KINDS, json_schema
 from tests.conftest import DEFAULT_MANIFESTS, FIXTURES
 
 _yaml = YAML(typ="safe", pure=True)

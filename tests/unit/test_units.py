@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.units import format_duration, parse_duration, parse_size
+from orchestrator.core.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

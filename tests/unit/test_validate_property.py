@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from orchestrator.cli import cli
+from orchestrator.interfaces.cli import cli
 from tests.conftest import DEFAULT_MANIFESTS
 
 _yaml = YAML(typ="safe", pure=True)

@@ -1,0 +1,438 @@
+"""Named cross-field validators of a manifest set; each yields every problem it finds.
+
+Owned here: the rules a single field's type cannot express: unique names,
+known dependencies, dependency cycles (printed whole, with every edge's
+location), threshold order, fields that do not belong to the chosen restart
+policy, probe targets, commands that cannot be run, values supervisord could
+not read back, and CPUs this machine does not have (a warning: manifests
+travel). Called by `manifest.load` after every agent has been merged,
+templated and type-checked; nothing here raises or stops at the first error.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import ipaddress
+import os
+import pwd
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from orchestrator.core import model, svsyntax
+from orchestrator.core.errors import Diagnostic, Location
+from orchestrator.config.schema import POLICY_FIELDS
+from orchestrator.config.spec import INVALID, choices_hint, describe
+from orchestrator.config.yamltree import Node
+
+
+@dataclass
+class Draft:
+    """One agent on its way to the model: its merged, templated tree and, when valid, its checked values."""
+
+    file: str
+    node: Node
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        """Every field passed its type check (the draft can become a model.Agent)."""
+        return bool(self.values) and all(v is not INVALID for v in self.values.values())
+
+    def value(self, key: str) -> Any:
+        """The checked value of a field, or None when it is absent or failed its check."""
+        value = self.values.get(key)
+        return None if value is INVALID else value
+
+    @property
+    def name(self) -> str | None:
+        name = self.node.get("name")
+        return name.value if name is not None and isinstance(name.value, str) else None
+
+    @property
+    def name_loc(self) -> Location:
+        name = self.node.get("name")
+        return name.loc if name is not None else self.node.loc
+
+
+@dataclass
+class Context:
+    """What validators may consult about this machine (a seam for tests)."""
+
+    project_dir: str
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    cpu_count: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    check_commands: bool = True
+    # Names of agents whose files could not be read (their stems): depending on
+    # them is not an "unknown agent" error, the file's own error says enough.
+    unreadable: frozenset[str] = frozenset()
+
+
+AgentValidator = Callable[[Draft, Context], Iterable[Diagnostic]]
+SetValidator = Callable[[Sequence[Draft], Context], Iterable[Diagnostic]]
+
+
+def _error(loc: Location, key: str, message: str) -> Diagnostic:
+    return Diagnostic(loc, key, message)
+
+
+def _child(node: Node | None, *path: str | int) -> Node | None:
+    for key in path:
+        if node is None:
+            return None
+        if isinstance(key, int):
+            node = node.value[key] if isinstance(node.value, list) and key < len(node.value) else None
+        else:
+            node = node.get(key)
+    return node
+
+
+# --- rules over the whole set -------------------------------------------------
+
+def unique_names(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagnostic]:
+    first: dict[str, Draft] = {}
+    for draft in drafts:
+        name = draft.name
+        if name is None:
+            continue
+        if name in first:
+            yield _error(draft.name_loc, "name", f"agent '{name}' is already defined at {first[name].name_loc} (expected a unique name)")
+        else:
+            first[name] = draft
+
+
+def known_dependencies(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagnostic]:
+    names = sorted({d.name for d in drafts if d.name is not None})
+    for draft in drafts:
+        deps = draft.node.get("depends_on")
+        if deps is None or not isinstance(deps.value, list):
+            continue
+        for index, item in enumerate(deps.value):
+            if not isinstance(item.value, str) or item.value in names or item.value in ctx.unreadable:
+                continue
+            hint = choices_hint(item.value, names, label="known agents", none="there are no agents")
+            yield _error(item.loc, f"depends_on[{index}]", f"unknown agent {describe(item.value)} ({hint})")
+
+
+def dependency_edges(drafts: Sequence[Draft]) -> dict[str, dict[str, Location]]:
+    """name -> {dependency -> where the edge is written}, for known agents only (first definition wins)."""
+    edges: dict[str, dict[str, Location]] = {}
+    for draft in drafts:
+        if draft.name is None or draft.name in edges:
+            continue
+        edges[draft.name] = {}
+    for draft in drafts:
+        deps = draft.node.get("depends_on")
+        if draft.name is None or deps is None or not isinstance(deps.value, list):
+            continue
+        for item in deps.value:
+            if isinstance(item.value, str) and item.value in edges:
+                edges[draft.name].setdefault(item.value, item.loc)
+    return edges
+
+
+def find_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Every dependency cycle graphlib finds, as [a, b, ..., a] where a depends on b.
+
+    graphlib names one cycle per attempt; an edge of it is removed and the
+    search repeated, so every cycle is reported, each once, starting at its
+    alphabetically first agent.
+    """
+    remaining = {node: set(deps) for node, deps in graph.items()}
+    cycles: list[list[str]] = []
+    while True:
+        try:
+            graphlib.TopologicalSorter(remaining).prepare()
+            return cycles
+        except graphlib.CycleError as exc:
+            found = list(exc.args[1])  # each node is a dependency of the next: reverse it
+            ring = list(reversed(found))[:-1]
+            start = ring.index(min(ring))
+            ring = ring[start:] + ring[:start]
+            cycles.append(ring + [ring[0]])
+            remaining[ring[0]].discard(ring[1] if len(ring) > 1 else ring[0])
+
+
+def no_cycles(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagnostic]:
+    edges = dependency_edges(drafts)
+    for cycle in find_cycles(edges):
+        pairs = list(zip(cycle, cycle[1:], strict=False))
+        where = ", ".join(f"{a} -> {b} at {edges[a][b]}" for a, b in pairs)
+        first = edges[pairs[0][0]][pairs[0][1]]
+        yield _error(first, "depends_on", f"dependency cycle {' -> '.join(cycle)} ({where}; expected no cycle)")
+
+
+# --- rules over one agent -----------------------------------------------------
+
+def thresholds_in_order(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    resources: model.Resources | None = draft.value("resources")
+    if resources is None:
+        return
+    for metric in ("cpu_percent", "memory_mb"):
+        levels: model.Thresholds = getattr(resources, metric)
+        previous: tuple[str, float] | None = None
+        for level in ("warning", "critical", "limit"):
+            value = getattr(levels, level)
+            if value is None:
+                continue
+            if previous is not None and value <= previous[1]:
+                node = _child(draft.node, "resources", metric, level)
+                key = f"resources.{metric}.{level}"
+                yield _error(node.loc if node else draft.node.loc, key,
+                             f"{value:g} is not above {previous[0]} {previous[1]:g} (expected warning < critical < limit)")
+            previous = (level, value)
+
+
+def restart_fields_match_policy(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    restart = draft.node.get("restart")
+    if restart is None or not isinstance(restart.value, dict):
+        return
+    policy: model.RestartPolicy | None = draft.value("restart")
+    if policy is None:
+        return
+    allowed = POLICY_FIELDS[policy.policy]
+    for key, item in restart.value.items():
+        if key == "policy" or key in allowed or item.value is None:
+            continue
+        uses = ", ".join(sorted(allowed)) or "no other field"
+        yield _error(item.where, f"restart.{key}", f"not used by policy '{policy.policy}' ({policy.policy} uses: {uses})")
+    if policy.policy == "exponential-backoff" and policy.max_delay < policy.delay:
+        node = restart.get("max_delay") or restart
+        yield _error(node.loc, "restart.max_delay", f"{policy.max_delay:g}s is below delay {policy.delay:g}s (expected max_delay >= delay)")
+
+
+_LINE_BREAK = re.compile(r"[\n\r\x00]")
+_HOST_PORT = "expected HOST:PORT with a port from 1 to 65535,"
+
+
+def _host_port_problem(text: str) -> str | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        return "is not HOST:PORT"
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"has an invalid IPv6 address {host}"
+    elif ":" in host:
+        return "has an IPv6 address without brackets (write [::1]:PORT)"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"has an invalid port {port!r}"
+    return None
+
+
+def _url_problem(text: str) -> str | None:
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    if port is not None and not 1 <= port <= 65535:
+        return f"has an invalid port {port}"
+    return None
+
+
+def probes_are_valid(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    for which in ("readiness", "liveness"):
+        node = draft.node.get(which)
+        if node is None or not isinstance(node.value, dict):
+            continue
+        kinds = [k for k in ("tcp", "http", "exec") if k in node.value and node.value[k].value is not None]
+        if not kinds:
+            yield _error(node.where, which, "no check given (expected one of tcp: HOST:PORT, http: URL, exec: [COMMAND...])")
+            continue
+        for extra in kinds[1:]:
+            yield _error(node.value[extra].where, f"{which}.{extra}",
+                         f"only one check per probe (found {' and '.join(kinds)}; expected one of tcp, http, exec)")
+        kind = kinds[0]
+        target = node.value[kind]
+        if kind == "tcp" and isinstance(target.value, str):
+            problem = _host_port_problem(target.value)
+            if problem:
+                yield _error(target.loc, f"{which}.tcp", f"{describe(target.value)} {problem} ({_HOST_PORT} such as 127.0.0.1:9101)")
+        elif kind == "http" and isinstance(target.value, str):
+            problem = _url_problem(target.value)
+            if problem:
+                yield _error(target.loc, f"{which}.http", f"{describe(target.value)} {problem} (expected a URL such as http://127.0.0.1:9101/health)")
+        elif kind == "exec":
+            probe = draft.value(which)
+            if probe is not None and probe.exec:
+                yield from _runnable(probe.exec, target, f"{which}.exec", draft, ctx)
+
+
+def _runnable(argv: Sequence[str], node: Node, key: str, draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    if not ctx.check_commands:
+        return
+    program = argv[0]
+    loc = node.value[0].loc if isinstance(node.value, list) and node.value else node.loc
+    if "/" in program:
+        base = draft.value("directory") or ctx.project_dir
+        path = program if os.path.isabs(program) else os.path.join(ctx.project_dir, base, program)
+        if not os.path.exists(path):
+            yield _error(loc, f"{key}[0]", f"{program!r} does not exist (expected the path of an executable file)")
+        elif os.path.isdir(path) or not os.access(path, os.X_OK):
+            yield _error(loc, f"{key}[0]", f"{program!r} is not executable (expected an executable file; chmod +x it)")
+        return
+    env = draft.value("env") or {}
+    search = env.get("PATH") or ctx.environ.get("PATH", os.defpath)
+    if shutil.which(program, path=search) is None:
+        yield _error(loc, f"{key}[0]", f"{describe(program)} is not found on PATH (expected a program on PATH or a path to an executable)")
+
+
+def command_is_runnable(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    command = draft.node.get("command")
+    argv = draft.value("command")
+    if command is not None and argv:
+        yield from _runnable(argv, command, "command", draft, ctx)
+
+
+# Linux passes no single argument or NAME=value string longer than this to a program (execve: E2BIG);
+# refusing longer ones also bounds supervisord's environment parser, whose cost grows with the square
+# of a value's length (shlex builds each token a character at a time): 1 MB took it 13 s.
+MAX_ARG_STRLEN = 131072
+
+
+def _too_long(text: str) -> str | None:
+    size = len(text.encode("utf-8", "surrogateescape")) + 1  # with its terminating NUL
+    return (f"is {size - 1} bytes, longer than the {MAX_ARG_STRLEN - 1} Linux passes to a program in one argument "
+            "or variable") if size > MAX_ARG_STRLEN else None
+
+
+def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    command = draft.node.get("command")
+    if command is not None and isinstance(command.value, list):
+        for index, item in enumerate(command.value):
+            problem = _too_long(item.value) if isinstance(item.value, str) else None
+            if problem:
+                yield _error(item.loc, f"command[{index}]", f"argument {problem} (expected a shorter argument; "
+                             "pass large data in a file the agent reads)")
+    env = draft.node.get("env")
+    if env is not None and isinstance(env.value, dict):
+        for key, item in env.value.items():
+            problem = _too_long(f"{key}={item.value}") if isinstance(item.value, str) else None
+            if problem:
+                yield _error(item.loc, f"env.{key}", f"{key}={{value}} {problem} (expected a shorter value; "
+                             "put large data in a file the agent reads)")
+            elif isinstance(item.value, str) and not _LINE_BREAK.search(item.value):  # line breaks: the type check said so
+                problem = svsyntax.env_value_problem(item.value)
+                if problem:
+                    yield _error(item.loc, f"env.{key}", f"value {problem} (expected a value supervisord can pass through; "
+                                 "move it to a file the agent reads)")
+    directory = draft.node.get("directory")
+    if directory is not None and isinstance(directory.value, str) and not _LINE_BREAK.search(directory.value):
+        problem = svsyntax.value_problem(directory.value)
+        if problem:
+            yield _error(directory.loc, "directory", f"path {problem} (expected a plain path)")
+
+
+def user_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    sandbox: model.Sandbox | None = draft.value("sandbox")
+    node = _child(draft.node, "sandbox", "user")
+    if sandbox is None or not sandbox.user or node is None:
+        return
+    try:
+        pwd.getpwnam(sandbox.user)
+    except KeyError:
+        yield _error(node.loc, "sandbox.user", f"user {sandbox.user!r} does not exist on this machine "
+                     "(expected an existing user name; supervisord rejects the configuration otherwise)")
+
+
+def directory_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    directory = draft.value("directory")
+    node = draft.node.get("directory")
+    if directory and node is not None and not os.path.isdir(os.path.join(ctx.project_dir, directory)):
+        yield Diagnostic(node.loc, "directory", f"{describe(directory)} does not exist on this machine "
+                         "(supervisord will fail to start the agent here)", "warning")
+
+
+def cpus_exist(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    resources: model.Resources | None = draft.value("resources")
+    if resources is None or not resources.cpu_affinity:
+        return
+    for index, cpu in enumerate(resources.cpu_affinity):
+        if cpu >= ctx.cpu_count:
+            node = _child(draft.node, "resources", "cpu_affinity", index)
+            have = "CPU 0" if ctx.cpu_count == 1 else f"CPUs 0-{ctx.cpu_count - 1}"
+            yield Diagnostic(node.loc if node else draft.node.loc, f"resources.cpu_affinity[{index}]",
+                             f"CPU {cpu} does not exist on this machine (it has {have}); kept, since manifests move between machines",
+                             "warning")
+
+
+SET_VALIDATORS: tuple[SetValidator, ...] = (unique_names, known_dependencies, no_cycles)
+AGENT_VALIDATORS: tuple[AgentValidator, ...] = (
+    thresholds_in_order, restart_fields_match_policy, probes_are_valid, command_is_runnable,
+    values_fit_supervisord, user_exists, directory_exists, cpus_exist,
+)
+
+
+def validate_agents(drafts: Sequence[Draft], ctx: Context) -> list[Diagnostic]:
+    """Every problem of the set: set-level rules over all drafts, agent rules over the type-valid ones."""
+    found: list[Diagnostic] = []
+    for set_rule in SET_VALIDATORS:
+        found.extend(set_rule(drafts, ctx))
+    for draft in drafts:
+        for rule in AGENT_VALIDATORS:
+            found.extend(rule(draft, ctx))
+    return found
+
+
+def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, state: str = "") -> list[Diagnostic]:
+    """Problems in the settings' fields that passed their type checks; `socket` is the socket's resolved path,
+    which must stay inside the resolved state directory `state`."""
+    found: list[Diagnostic] = []
+    exporter = values.get("exporter")
+    if isinstance(exporter, model.Exporter):
+        problem = _host_port_problem(exporter.listen)
+        if problem:
+            where = _child(node, "exporter", "listen")
+            found.append(_error(where.loc if where else node.loc, "exporter.listen",
+                                f"{describe(exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
+    urls: list[tuple[str, Node | None, str]] = []
+    grafana = values.get("grafana")
+    if isinstance(grafana, model.Grafana):
+        urls.append(("grafana.url", _child(node, "grafana", "url"), grafana.url))
+    notifications = values.get("notifications")
+    if isinstance(notifications, tuple):
+        urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url) for i, n in enumerate(notifications)]
+    for key, where, url in urls:
+        problem = _url_problem(url)
+        if problem:
+            found.append(_error(where.loc if where else node.loc, key, f"{describe(url)} {problem} (expected an http:// or https:// URL)"))
+    state_dir = values.get("state_dir")
+    where = node.get("state_dir")
+    if isinstance(state_dir, str) and where is not None:
+        problem = svsyntax.value_problem(state_dir)
+        if problem:
+            found.append(_error(where.loc, "state_dir", f"path {problem} (expected a plain path)"))
+    supervisord = values.get("supervisord")
+    relative = getattr(supervisord, "socket", None)
+    if isinstance(relative, str) and state:
+        resolved = os.path.normpath(os.path.join(state, relative))
+        if os.path.commonpath([resolved, state]) != state or resolved == state:
+            where = _child(node, "supervisord", "socket") or node
+            found.append(_error(where.where, "supervisord.socket",
+                                f"{describe(relative)} leaves the state directory "
+                                "(expected a file name inside it, such as supervisor.sock)"))
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
+        where = _child(node, "supervisord", "socket") or node.get("state_dir") or node
+        found.append(_error(where.where, "supervisord.socket",
+                            f"the socket path {socket} is {len(os.fsencode(socket))} bytes, longer than the {MAX_SOCKET_PATH} "
+                            "a unix socket allows (expected a shorter state directory or socket name)"))
+    return found
+
+
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
+def split_command(text: str) -> tuple[str, ...]:
+    """A command written as one string, split like a POSIX shell would (ValueError on a stray quote)."""
+    return tuple(shlex.split(text))

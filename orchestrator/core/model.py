@@ -1,0 +1,239 @@
+"""The typed, immutable model of a manifest set: what every other layer reads.
+
+Owned here: the frozen dataclasses an `Agent`, its probes, restart policy,
+resources and the global `Settings` are made of. Built only by `manifest`
+(through the declarations in `schema`), after validation; nothing here parses
+or checks input. Standard library only, so every layer may import it.
+
+Durations are float seconds, sizes int bytes, lists tuples and maps read-only
+mappings sorted by key, so two loads of the same manifests compare equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+from collections.abc import Mapping
+
+from orchestrator.core.errors import Diagnostic, Location
+
+ProbeKind = Literal["tcp", "http", "exec"]
+RestartPolicyName = Literal["immediate", "delayed", "exponential-backoff", "manual"]
+DependencyFailure = Literal["restart", "stop", "ignore"]
+
+RESTART_POLICIES: tuple[str, ...] = ("immediate", "delayed", "exponential-backoff", "manual")
+DEPENDENCY_FAILURE_ACTIONS: tuple[str, ...] = ("restart", "stop", "ignore")
+STOP_SIGNALS: tuple[str, ...] = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return EMPTY
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A readiness or liveness check: exactly one of `tcp`, `http`, `exec` is set."""
+
+    tcp: str | None = None
+    http: str | None = None
+    exec: tuple[str, ...] | None = None
+    timeout: float = 10.0
+    period: float = 1.0
+    failures: int = 3
+    retries: int = 0
+    initial_delay: float = 0.0
+
+    @property
+    def kind(self) -> ProbeKind:
+        if self.tcp is not None:
+            return "tcp"
+        if self.http is not None:
+            return "http"
+        return "exec"
+
+    @property
+    def target(self) -> str:
+        if self.exec is not None:
+            return " ".join(self.exec)
+        return self.tcp or self.http or ""
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    policy: str = "exponential-backoff"
+    delay: float = 1.0
+    multiplier: float = 2.0
+    max_delay: float = 60.0
+    jitter: float = 0.0
+    max_attempts: int = 5
+    window: float = 600.0
+    reset_after: float = 300.0
+    exit_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """warning < critical < limit; any may be absent. `limit` is enforced, the others alert."""
+
+    warning: float | None = None
+    critical: float | None = None
+    limit: float | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_percent: Thresholds = field(default_factory=Thresholds)
+    memory_mb: Thresholds = field(default_factory=Thresholds)
+    open_files: int | None = None
+    nice: int | None = None
+    cpu_affinity: tuple[int, ...] | None = None
+    warmup: float = 30.0
+    cooldown: float = 60.0
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    user: str | None = None
+    umask: str | None = None
+
+
+@dataclass(frozen=True)
+class Logs:
+    max_bytes: int = 50 * 1000 * 1000
+    backups: int = 5
+
+
+@dataclass(frozen=True)
+class Agent:
+    """One long-running agent: a supervisord program of `replicas` processes."""
+
+    name: str
+    command: tuple[str, ...]
+    depends_on: tuple[str, ...] = ()
+    priority: int = 100
+    replicas: int = 1
+    env: Mapping[str, str] = field(default_factory=_empty)
+    vars: Mapping[str, Any] = field(default_factory=_empty)
+    directory: str | None = None
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    on_dependency_failure: str = "restart"
+    resources: Resources = field(default_factory=Resources)
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    min_uptime: float = 1.0
+    stop_signal: str = "TERM"
+    stop_timeout: float = 10.0
+    logs: Logs = field(default_factory=Logs)
+    description: str = ""
+    extends: str | None = None
+    source: Location = field(default=Location(""), compare=False)
+
+
+@dataclass(frozen=True)
+class Supervisord:
+    socket: str = "supervisor.sock"
+    log_level: str = "info"
+    minfds: int = 1024
+    minprocs: int = 200
+
+
+@dataclass(frozen=True)
+class Exporter:
+    listen: str = "127.0.0.1:9300"
+    interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class Notification:
+    name: str
+    url: str
+    type: str = "webhook"
+    min_severity: str = "warning"
+
+
+@dataclass(frozen=True)
+class Grafana:
+    url: str = "http://127.0.0.1:3000"
+    folder: str = "Orchestrator"
+    datasource: str = "Prometheus"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The global settings of `orchestrator.yaml` (with the environment overlay applied)."""
+
+    project: str = "orchestrator"
+    state_dir: str = "../.orchestrator"
+    supervisord: Supervisord = field(default_factory=Supervisord)
+    exporter: Exporter = field(default_factory=Exporter)
+    notifications: tuple[Notification, ...] = ()
+    grafana: Grafana = field(default_factory=Grafana)
+    defaults: Mapping[str, Any] = field(default_factory=_empty)
+
+
+@dataclass(frozen=True)
+class ManifestSet:
+    """A whole, valid manifest set: settings and agents sorted by name."""
+
+    settings: Settings
+    agents: tuple[Agent, ...]
+    manifests_dir: str
+    state_dir: str
+    env: str | None = None
+    warnings: tuple[Diagnostic, ...] = ()
+
+    def agent(self, name: str) -> Agent:
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.agents)
+
+
+# --- plain-data form, for versions on disk and the boot listener ---------------
+
+def to_plain(value: Any) -> Any:
+    """`value` (a model object) as JSON-ready data: dataclasses as dicts, tuples as lists."""
+    if hasattr(value, "__dataclass_fields__"):
+        return {f: to_plain(getattr(value, f)) for f in value.__dataclass_fields__}
+    if isinstance(value, Mapping):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def _tuple(value: Any) -> tuple[Any, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def agent_from_plain(data: Mapping[str, Any]) -> Agent:
+    """The Agent that `to_plain` turned into `data`."""
+    def probe(d: Mapping[str, Any] | None) -> Probe | None:
+        return None if d is None else Probe(**{**d, "exec": _tuple(d.get("exec"))})
+
+    resources = data["resources"]
+    restart = data["restart"]
+    return Agent(**{
+        **data,
+        "command": tuple(data["command"]),
+        "depends_on": tuple(data["depends_on"]),
+        "env": MappingProxyType(dict(data["env"])),
+        "vars": MappingProxyType(dict(data["vars"])),
+        "readiness": probe(data.get("readiness")),
+        "liveness": probe(data.get("liveness")),
+        "restart": RestartPolicy(**{**restart, "exit_codes": tuple(restart["exit_codes"])}),
+        "resources": Resources(**{**resources, "cpu_percent": Thresholds(**resources["cpu_percent"]),
+                                  "memory_mb": Thresholds(**resources["memory_mb"]),
+                                  "cpu_affinity": _tuple(resources.get("cpu_affinity"))}),
+        "sandbox": Sandbox(**data["sandbox"]),
+        "logs": Logs(**data["logs"]),
+        "source": Location(**data["source"]),
+    })

@@ -1,0 +1,173 @@
+"""The plan: what apply would change, as a value computed from what is desired and what is there.
+
+Owned here: `plan(desired, programs, observed, last)`, a pure function that
+returns immutable actions, and its text and JSON forms for `orchestrator plan`.
+
+    add        the agent is new to supervisord
+    remove     supervisord runs an agent the manifests no longer have
+    replace    its supervisord configuration changed: it must restart (the fields say why)
+    update     only orchestrator-side fields changed (probes, thresholds, dependencies...): no restart
+    start      nothing changed, but it is not running
+    unchanged  nothing to do; its process keeps its PID
+
+Whether the supervisord side changed is decided on the rendered program
+section (comments aside), so a change that renders the same is never a
+restart. Called by apply (which consumes a plan) and by the cli.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from orchestrator.supervisord.client import DOWN_STATES, ProcessInfo
+from orchestrator.core.model import Agent, ManifestSet, to_plain
+
+Kind = Literal["add", "remove", "replace", "update", "start", "unchanged"]
+KINDS: tuple[Kind, ...] = ("remove", "replace", "add", "update", "start", "unchanged")
+CHANGES = frozenset({"add", "remove", "replace", "update"})  # these record a new version
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What supervisord reports: whether it answers, and each group's processes."""
+
+    running: bool
+    groups: Mapping[str, tuple[ProcessInfo, ...]] = field(default_factory=dict)
+    configs: Mapping[str, str] = field(default_factory=dict)   # group -> the configuration hash supervisord holds for it
+
+    @classmethod
+    def of(cls, processes: list[ProcessInfo], configs: Mapping[str, str] | None = None) -> Observed:
+        groups: dict[str, list[ProcessInfo]] = {}
+        for process in processes:
+            groups.setdefault(process.group, []).append(process)
+        return cls(running=True, groups={g: tuple(p) for g, p in groups.items()}, configs=configs or {})
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Kind
+    agent: str
+    fields: tuple[str, ...] = ()
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"action": self.kind, "agent": self.agent, "fields": list(self.fields), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    supervisord_running: bool = True
+
+    def of_kind(self, *kinds: Kind) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind in kinds)
+
+    def names(self, *kinds: Kind) -> tuple[str, ...]:
+        return tuple(a.agent for a in self.of_kind(*kinds))
+
+    @property
+    def pending(self) -> bool:
+        """Something to do: exit status 2 for `orchestrator plan`."""
+        return any(a.kind != "unchanged" for a in self.actions)
+
+    @property
+    def changes_config(self) -> bool:
+        return any(a.kind in CHANGES for a in self.actions)
+
+    def summary(self) -> str:
+        counts = [f"{len(self.of_kind(k))} to {k}" if k != "unchanged" else f"{len(self.of_kind(k))} unchanged"
+                  for k in KINDS if self.of_kind(k)]
+        return ", ".join(counts) or "no agents"
+
+    def to_json(self) -> str:
+        return json.dumps({"pending": self.pending, "supervisord_running": self.supervisord_running,
+                           "summary": self.summary(), "actions": [a.as_dict() for a in self.actions]}, indent=2)
+
+
+def _significant(program: str) -> str:
+    """A rendered program section without its comments: what supervisord compares."""
+    return "\n".join(line for line in program.splitlines() if line.strip() and not line.lstrip().startswith(";"))
+
+
+def _changed_fields(old: Agent, new: Agent) -> tuple[str, ...]:
+    before, after = to_plain(old), to_plain(new)
+    return tuple(k for k in after if k != "source" and before.get(k) != after.get(k))
+
+
+def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
+         last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
+         *, hashes: Mapping[str, str] | None = None) -> Plan:
+    """The actions that make supervisord match `desired`.
+
+    `programs` are the desired rendered program sections by agent, `hashes`
+    their configuration hashes; `last_*` what the live version recorded (None
+    when nothing was applied yet). A group whose configuration hash in
+    supervisord differs from the desired one is replaced, whatever the live
+    version says: an apply was interrupted between recording the version and
+    replacing the agent. Internal groups (names starting with '_') are not
+    agents and never planned.
+    """
+    hashes = hashes or {}
+    last_agents = last_agents or {}
+    last_programs = last_programs or {}
+    actions: list[Action] = []
+    for agent in desired.agents:
+        name = agent.name
+        processes = observed.groups.get(name)
+        if processes is None:
+            reason = "new agent" if name not in last_agents else "not known to supervisord"
+            if not observed.running:
+                reason = "supervisord is not running"
+            actions.append(Action("add", name, reason=reason))
+            continue
+        previous = last_agents.get(name)
+        if previous is None or name not in last_programs:
+            actions.append(Action("replace", name, reason="not applied by orchestrator before"))
+            continue
+        fields = _changed_fields(previous, agent)
+        if _significant(last_programs[name]) != _significant(programs[name]):
+            actions.append(Action("replace", name, fields or ("supervisord settings",), "configuration changed"))
+            continue
+        held = observed.configs.get(name)
+        if held is not None and name in hashes and held != hashes[name]:
+            actions.append(Action("replace", name, ("supervisord settings",), "running an older configuration"))
+            continue
+        if fields:
+            actions.append(Action("update", name, fields, "no restart needed"))
+            continue
+        down = [p for p in processes if p.state in DOWN_STATES or p.state == "BACKOFF"]
+        if down:
+            states = sorted({p.state for p in down})
+            actions.append(Action("start", name, reason=f"{', '.join(states).lower()}"))
+            continue
+        actions.append(Action("unchanged", name))
+    wanted = set(desired.names)
+    for group in sorted(observed.groups):
+        if group not in wanted and not group.startswith("_"):
+            actions.append(Action("remove", group, reason="no longer in the manifests"))
+    order = {k: i for i, k in enumerate(KINDS)}
+    return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running)
+
+
+_SYMBOLS = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("-/+", "yellow"), "update": ("~", "cyan"),
+            "start": (">", "green"), "unchanged": (" ", None)}
+
+
+def to_lines(result: Plan) -> list[tuple[str, str | None]]:
+    """The plan as (line, color) pairs, like `terraform plan`; unchanged agents are counted, not listed."""
+    lines: list[tuple[str, str | None]] = []
+    if not result.supervisord_running:
+        lines.append(("supervisord is not running: `orchestrator up` starts it and applies.", "yellow"))
+    for action in result.actions:
+        if action.kind == "unchanged":
+            continue
+        symbol, color = _SYMBOLS[action.kind]
+        detail = f" ({', '.join(action.fields)})" if action.fields else ""
+        why = f": {action.reason}" if action.reason else ""
+        lines.append((f"  {symbol:>3} {action.kind:<8} {action.agent}{detail}{why}", color))
+    verdict = f"Plan: {result.summary()}." if result.pending else f"Nothing to do: {result.summary()}."
+    lines.append((verdict, None))
+    return lines

@@ -1,0 +1,566 @@
+"""The command line: each command parses its options and calls one core function.
+
+Owned here: option parsing, output formatting (text, colored on a terminal,
+or JSON for scripts), and the one place an `OrchestratorError` becomes a
+message on stderr and an exit code:
+
+    0  success
+    1  invalid input or a failed operation (every problem printed as FILE:LINE:COL: ...)
+    2  wrong usage of the command line (click's own code); for `plan`: changes are pending
+    3  for `status`: something desired is not running or not ready
+    70 a bug in orchestrator (an unexpected exception; never a user error)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from orchestrator import __version__
+from orchestrator.config import schema
+from orchestrator.core import graph
+from orchestrator.host import orphans
+from orchestrator.operations import control, lifecycle, status
+from orchestrator.state import runtime
+from orchestrator.supervisord import render
+from orchestrator.operations.apply import ApplyError, ApplyReport, apply, client_for, compute
+from orchestrator.supervisord.client import Client
+from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path
+from orchestrator.state.history import History, read_pointer
+from orchestrator.config.manifest import LoadOptions, load
+from orchestrator.core.model import ManifestSet
+from orchestrator.core.plan import to_lines
+from orchestrator.operations.sequencer import Event
+
+PRIVATE_UMASK = 0o077
+EMERGENCY_RPC_TIMEOUT = 2.0  # a hung supervisord must not hold up an emergency stop
+EXIT_BUG = 70
+
+
+@dataclass(frozen=True)
+class Options:
+    manifests: str
+    env: str | None
+    state_dir: str | None
+
+    def load(self) -> ManifestSet:
+        """The manifest set, type-checked, cross-checked and accepted by supervisord's parser."""
+        manifests = load(LoadOptions(self.manifests, env=self.env, state_dir=self.state_dir))
+        problems = render.check(manifests)
+        if problems:
+            raise ManifestError([*problems, *manifests.warnings])
+        return manifests
+
+    def state_dir_only(self) -> str:
+        """The state directory, even when the manifests are invalid (down and status must still work)."""
+        if self.state_dir:
+            return os.path.abspath(self.state_dir)
+        manifests_dir = os.path.abspath(self.manifests)
+        noted = read_pointer(manifests_dir, self.env)  # left by `up`: no manifest needs to load
+        if noted:
+            return noted
+        running = orphans.state_dirs_of(manifests_dir, self.env)  # the markers of a running project's processes
+        if len(running) == 1:
+            return running[0]
+        if running:
+            raise OrchestratorError(f"{len(running)} running projects were started from these manifests "
+                                    f"({', '.join(map(display_path, running))}); choose one with --state-dir")
+        try:
+            return load(LoadOptions(self.manifests, env=self.env, check_commands=False)).state_dir
+        except ManifestError:
+            return os.path.join(os.path.dirname(os.path.abspath(self.manifests)), ".orchestrator")
+
+
+def _style_diagnostic(diag: Diagnostic) -> str:
+    text = str(diag)
+    location = str(diag.location)
+    color = "yellow" if diag.severity == "warning" else "red"
+    return click.style(location, bold=True) + click.style(text[len(location):], fg=color) if text.startswith(location) else text
+
+
+def print_diagnostics(diagnostics: list[Diagnostic]) -> None:
+    for diag in diagnostics:
+        click.echo(_style_diagnostic(diag), err=True)
+
+
+def _summary(diagnostics: list[Diagnostic]) -> str:
+    errors = sum(1 for d in diagnostics if d.severity == "error")
+    warnings = len(diagnostics) - errors
+    parts = [f"{errors} error{'s' if errors != 1 else ''}"]
+    if warnings:
+        parts.append(f"{warnings} warning{'s' if warnings != 1 else ''}")
+    return ", ".join(parts)
+
+
+# Errors of the machine, not of orchestrator: the user's to fix, said plainly, exit 1 (70 stays for bugs).
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "the disk is full: free space there, then retry",
+    errno.EDQUOT: "the disk quota is used up: free space there, then retry",
+    errno.EROFS: "that filesystem is mounted read-only: remount it read-write or choose another --state-dir",
+    errno.EACCES: "permission denied: run as the user who owns it, or fix its permissions",
+    errno.EPERM: "not permitted: run as the user who owns it",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files on this machine",
+}
+
+
+class _Group(click.Group):
+    """Maps orchestrator's errors to messages and exit codes, for every command at once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ManifestError as exc:
+            print_diagnostics(exc.diagnostics)
+            click.echo(click.style(f"invalid manifests: {_summary(exc.diagnostics)}", fg="red"), err=True)
+            ctx.exit(exc.exit_code)
+        except OrchestratorError as exc:
+            click.echo(click.style(f"error: {exc}", fg="red"), err=True)
+            ctx.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(click.style(f"error:{where}: {exc.strerror} ({_ENVIRONMENT_ERRNOS[exc.errno]})", fg="red"), err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-m", "--manifests", default="manifests", envvar="ORCHESTRATOR_MANIFESTS", show_default=True,
+              metavar="DIR", help="The manifest set: orchestrator.yaml, agents/*.yaml, templates/*.yaml, env/*.yaml. "
+                                  "Also $ORCHESTRATOR_MANIFESTS.")
+@click.option("--env", "env", metavar="NAME", envvar="ORCHESTRATOR_ENV",
+              help="Overlay env/NAME.yaml on the manifests (for example prod). Also $ORCHESTRATOR_ENV.")
+@click.option("--state-dir", metavar="DIR", envvar="ORCHESTRATOR_STATE_DIR",
+              help="Rendered config, socket, logs and history. Default: .orchestrator/ beside the manifests directory.")
+@click.version_option(__version__, prog_name="orchestrator")
+@click.pass_context
+def cli(ctx: click.Context, manifests: str, env: str | None, state_dir: str | None) -> None:
+    """Declarative supervisor for long-running agent processes, built on supervisord.
+
+    Describe agents in YAML manifests; orchestrator validates them, renders
+    supervisord configuration, and starts agents in dependency order.
+
+    Exit codes: 0 success, 1 invalid manifests or a failed operation,
+    2 wrong usage.
+    """
+    ctx.obj = Options(manifests=manifests, env=env, state_dir=state_dir)
+
+
+@cli.command()
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object with 'valid', 'agents' and every diagnostic, on stdout.")
+@click.pass_obj
+def validate(options: Options, output: str) -> None:
+    """Check the manifests without touching anything running.
+
+    Every problem is printed on stderr as FILE:LINE:COL: key.path: what is
+    wrong (what would be valid), sorted by file and line. Exit 0 when valid
+    (warnings allowed), 1 when not.
+    """
+    try:
+        manifests = options.load()
+    except ManifestError as exc:
+        if output == "json":
+            click.echo(json.dumps({"valid": False, "agents": [], "diagnostics": [d.as_dict() for d in exc.diagnostics]}, indent=2))
+            sys.exit(exc.exit_code)
+        raise
+    warnings = list(manifests.warnings)
+    if output == "json":
+        click.echo(json.dumps({"valid": True, "agents": list(manifests.names),
+                               "diagnostics": [d.as_dict() for d in warnings]}, indent=2))
+        return
+    print_diagnostics(warnings)
+    count = len(manifests.agents)
+    where = display_path(manifests.manifests_dir)
+    env = f" (env {manifests.env})" if manifests.env else ""
+    click.echo(click.style("valid", fg="green") + f": {count} agent{'s' if count != 1 else ''} in {where}{env}"
+               + (f", {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""))
+
+
+@cli.command("render")
+@click.option("--out", metavar="DIR", help="Write a self-contained set below DIR instead of printing the files.")
+@click.pass_obj
+def render_command(options: Options, out: str | None) -> None:
+    """Print the supervisord configuration that apply would write.
+
+    supervisord.conf plus programs/NAME.conf, one file per agent. The same
+    manifests always give the same bytes. With --out DIR the files are
+    written there (each atomically) and their paths printed. The set is
+    self-contained: DIR/supervisord.conf includes programs/*.conf relative to
+    itself (supervisord resolves an include from the including file's
+    directory), so `supervisord -c DIR/supervisord.conf` loads the programs
+    written there, wherever DIR is moved. Use an empty DIR: older files in it
+    are kept.
+    """
+    manifests = options.load()
+    rendering = render.render(manifests, programs_dir=render.PROGRAMS_DIR if out else None)
+    if out:
+        for path in rendering.write(out):
+            click.echo(display_path(os.path.abspath(path)))
+        return
+    for index, (rel, text) in enumerate(sorted(rendering.files.items(), key=lambda kv: (kv[0] != render.MAIN_CONFIG, kv[0]))):
+        if index:
+            click.echo()
+        click.echo(f"; ==> {rel} <==")
+        click.echo(text, nl=False)
+
+
+@cli.command("graph")
+@click.option("--format", "fmt", type=click.Choice(sorted(graph.FORMATS)), default="text", show_default=True,
+              help="text for people, dot for Graphviz, mermaid for Markdown, json for scripts.")
+@click.pass_obj
+def graph_command(options: Options, fmt: str) -> None:
+    """Show the dependency graph: waves that start in parallel, start and stop order.
+
+    Agents of one wave depend only on earlier waves; inside a wave, lower
+    priority starts first. Stop order is the reverse of start order.
+    """
+    manifests = options.load()
+    click.echo(graph.FORMATS[fmt](graph.Graph.of(manifests)), nl=False)
+
+
+@cli.command("schema")
+@click.option("--kind", type=click.Choice(sorted(schema.KINDS)), default="agent", show_default=True,
+              help="agent: agents/*.yaml; template: templates/*.yaml; settings: orchestrator.yaml; env: env/*.yaml.")
+def schema_command(kind: str) -> None:
+    """Print the JSON Schema of a manifest, for editors.
+
+    With yaml-language-server, put the schema in a file and add to the top of
+    a manifest:  # yaml-language-server: $schema=PATH
+    """
+    click.echo(json.dumps(schema.json_schema(kind), indent=2))
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _progress(order: graph.Graph) -> Any:
+    """A progress callback printing each start event with its wave and elapsed time, on stderr."""
+    total = len(order.waves)
+    colors = {"ready": "green", "failed": "red", "skipped": "yellow", "retrying": "yellow"}
+
+    def show(event: Event) -> None:
+        wave = order.wave_of(event.agent) + 1 if event.agent in order.depends_on else 0
+        detail = f"  {event.detail}" if event.detail else ""
+        line = f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}"
+        click.echo(click.style(line, fg=colors.get(event.kind)), err=True)
+
+    return show
+
+
+def _print_plan(result: Any) -> None:
+    for line, color in to_lines(result):
+        click.echo(click.style(line, fg=color) if color else line)
+
+
+def _confirm_destructive(result: Any, yes: bool) -> None:
+    doomed = result.names("remove", "replace")
+    if doomed and not yes and sys.stdin.isatty():
+        click.confirm(f"This stops {', '.join(doomed)}. Continue?", abort=True, err=True)
+
+
+def _finish(report: ApplyReport, manifests: ManifestSet) -> None:
+    if report.version is not None:
+        click.echo(f"Applied as version {report.version.number}.")
+    if report.start is not None:
+        started = [o.agent for o in report.start.outcomes.values() if not o.verified_only]
+        others = len(manifests.agents) - len(started)
+        if not others:
+            click.echo(click.style(f"All {len(started)} agents are running and ready.", fg="green"))
+        else:
+            click.echo(click.style(f"Started {len(started)} agent{'s' if len(started) != 1 else ''}, all ready; "
+                                   f"{others} other{'s' if others != 1 else ''} left as they were.", fg="green"))
+
+
+@cli.command("plan")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: {pending, summary, actions: [{action, agent, fields, reason}]} for scripts.")
+@click.pass_obj
+def plan_command(options: Options, output: str) -> None:
+    """Show what apply would change, without changing anything.
+
+    Actions: add, remove, replace (restarts; the changed fields are listed),
+    update (no restart), start (not running). Exit 0 when there is nothing to
+    do, 2 when changes are pending, 1 on error.
+    """
+    manifests = options.load()
+    result, _ = compute(manifests, client_for(manifests))
+    if output == "json":
+        click.echo(result.to_json())
+    else:
+        _print_plan(result)
+    sys.exit(2 if result.pending else 0)
+
+
+@cli.command("apply")
+@click.option("-M", "--message", default="", help="A note recorded with the version (see history).")
+@click.option("--yes", is_flag=True, help="Do not ask before stopping agents.")
+@click.pass_obj
+def apply_command(options: Options, message: str, yes: bool) -> None:
+    """Make the running agents match the manifests.
+
+    Validates first (nothing is touched when a manifest is invalid), then
+    starts, replaces, adds and removes only what changed: unchanged agents
+    keep running with the same PID. Agents start in dependency order, each
+    once what it depends on is ready. Exit 0 only when every agent is
+    running and ready; 1 otherwise, naming the agent that failed and why.
+    """
+    manifests = options.load()
+    client = client_for(manifests)
+    result, _ = compute(manifests, client)
+    _print_plan(result)
+    if not result.pending:
+        return
+    _confirm_destructive(result, yes)
+    try:
+        report = apply(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say, client=client)
+    except ApplyError as exc:
+        raise OrchestratorError(f"apply failed:\n{exc}") from exc
+    _finish(report, manifests)
+
+
+@cli.command("up")
+@click.option("-M", "--message", default="", help="A note recorded with the version.")
+@click.option("--yes", is_flag=True, help="Do not ask before stopping agents (when supervisord runs and agents changed).")
+@click.pass_obj
+def up_command(options: Options, message: str, yes: bool) -> None:
+    """Start supervisord if it is not running, then apply.
+
+    supervisord runs as a daemon from the state directory (configuration,
+    socket, pid file and logs are all there). When it already runs, up is
+    apply: it asks before replacing or removing agents, as apply does. Exit 0
+    when every agent is running and ready; 1 naming the agents given up.
+    """
+    manifests = options.load()
+    client = client_for(manifests)
+    if client.is_running():
+        _confirm_destructive(compute(manifests, client)[0], yes)
+    try:
+        report = lifecycle.up(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say)
+    except ApplyError as exc:
+        raise OrchestratorError(f"up failed:\n{exc}") from exc
+    _finish(report, manifests)
+    click.echo(f"Stop everything with: orchestrator -m {display_path(manifests.manifests_dir)} down")
+
+
+@cli.command("down")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def down_command(options: Options, yes: bool) -> None:
+    """Stop every agent, dependents first, then supervisord itself.
+
+    Works even when the manifests are invalid: the order comes from the
+    live version. No process is left behind.
+    """
+    state_dir = options.state_dir_only()
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Stop every agent and supervisord ({display_path(state_dir)})?", abort=True, err=True)
+    stopped = lifecycle.down(state_dir, say=_say)
+    click.echo(f"Stopped {len(stopped)} agent{'s' if len(stopped) != 1 else ''} and supervisord." if stopped
+               else "Nothing was running.")
+
+
+@cli.command("status")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: an array, one object per process: name, agent, state, pid, uptime_seconds, restarts, "
+                   "cpu_percent, memory_rss_bytes, health, ready.")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def status_command(options: Options, output: str, names: tuple[str, ...]) -> None:
+    """Show each agent's state, PID, uptime, restarts, CPU, memory and readiness.
+
+    Exit 0 when every agent of the live version is running and ready, 3 when
+    one is not, 1 on error (supervisord not running, for instance).
+    """
+    state_dir = options.state_dir_only()
+    current = History(state_dir).current()
+    agents = dict(current.agents) if current else {}
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(agents)) or 'none'})")
+    client = Client(lifecycle.socket_of(state_dir))
+    lifecycle.require_running(state_dir, client, shown_as=display_path(state_dir))
+    live = runtime.load(state_dir)
+    rows = status.collect(client, agents, list(names) or None, histories=live.agents)
+    if live.latch is not None and output != "json":
+        click.echo(click.style(f"{runtime.describe_latch(live.latch)}; clear it with `orchestrator emergency-clear`",
+                               fg="red", bold=True), err=True)
+    if output == "json":
+        click.echo(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        cells = status.table(rows)
+        widths = [max(len(c[0][i]) for c in cells) for i in range(len(cells[0][0]))]
+        for index, (row, color) in enumerate(cells):
+            text = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            click.echo(click.style(text, bold=True) if index == 0 else text if color is None else
+                       click.style(text, fg=color))
+    desired = {n: a for n, a in agents.items() if not names or n in names}
+    sys.exit(0 if status.healthy(rows, desired) else 3)
+
+
+class _Live:
+    """The live state directory, its agents' order, and a client of its supervisord."""
+
+    def __init__(self, options: Options) -> None:
+        self.state_dir = options.state_dir_only()
+        self.client = Client(lifecycle.socket_of(self.state_dir))
+        lifecycle.require_running(self.state_dir, self.client, shown_as=display_path(self.state_dir))
+        current = History(self.state_dir).current()
+        self.agents = dict(current.agents) if current else {}
+        self.graph = graph.Graph.of_agents(self.agents)
+
+    def progress(self) -> Any:
+        return _progress(self.graph)
+
+
+def _confirm_stop(what: str, yes: bool) -> None:
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"This stops {what}. Continue?", abort=True, err=True)
+
+
+def _started(result: Any) -> None:
+    if not result.ok:
+        lines = [f"{o.agent} did not become ready: {o.detail}" for o in result.failed]
+        if result.blocked:
+            lines.append(f"not started: {', '.join(result.blocked)}")
+        raise OrchestratorError("start failed:\n" + "\n".join(lines))
+    started = [o.agent for o in result.outcomes.values() if not o.verified_only]
+    click.echo(f"Started {', '.join(started)}; all ready." if started else "Already running and ready.")
+
+
+def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool) -> None:
+    live = _Live(options)
+    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, progress=live.progress()))
+
+
+def _stop(options: Options, names: tuple[str, ...] | None, no_deps: bool, yes: bool) -> list[str]:
+    live = _Live(options)
+    _confirm_stop(", ".join(names) + ("" if no_deps else " and whatever depends on them") if names else "every agent", yes)
+    stopped = control.stop(live.state_dir, live.client, names, no_deps=no_deps, say=_say)
+    click.echo(f"Stopped {', '.join(stopped)}." if stopped else "Nothing to stop.")
+    return stopped
+
+
+_NO_DEPS = click.option("--no-deps", is_flag=True, help="Only the agents named: not their dependencies (start) "
+                                                        "or dependents (stop).")
+_YES = click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+
+
+@cli.command("start")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@click.pass_obj
+def start_command(options: Options, names: tuple[str, ...], no_deps: bool) -> None:
+    """Start agents, their dependencies first, each once what it needs is ready.
+
+    A given-up agent is cleared by a manual start. Refused while an
+    emergency stop is latched.
+    """
+    _start(options, names, no_deps)
+
+
+@cli.command("stop")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@_YES
+@click.pass_obj
+def stop_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: bool) -> None:
+    """Stop agents, whatever depends on them first (each level in parallel)."""
+    _stop(options, names, no_deps, yes)
+
+
+@cli.command("restart")
+@click.argument("names", nargs=-1, required=True)
+@_NO_DEPS
+@_YES
+@click.pass_obj
+def restart_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: bool) -> None:
+    """Stop, then start agents (and, unless --no-deps, what depends on them), in order."""
+    stopped = _stop(options, names, no_deps, yes)
+    _start(options, tuple(stopped), True)
+
+
+@cli.command("start-all")
+@click.pass_obj
+def start_all_command(options: Options) -> None:
+    """Start every agent of the live version in dependency order."""
+    _start(options, None, False)
+
+
+@cli.command("stop-all")
+@_YES
+@click.pass_obj
+def stop_all_command(options: Options, yes: bool) -> None:
+    """Stop every agent, dependents first, each level in parallel (supervisord keeps running)."""
+    _stop(options, None, False, yes)
+
+
+@cli.command("restart-all")
+@_YES
+@click.pass_obj
+def restart_all_command(options: Options, yes: bool) -> None:
+    """Stop every agent in reverse dependency order, then start them all in order."""
+    _stop(options, None, False, yes)
+    _start(options, None, False)
+
+
+@cli.command("emergency-stop")
+@click.option("--reason", default="", help="Recorded with the latch and shown by status.")
+@_YES
+@click.pass_obj
+def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
+    """Kill every agent now: SIGTERM to every process group at once, SIGKILL after 3 s.
+
+    No ordering. It latches: nothing restarts automatically, and apply and
+    start refuse, until `orchestrator emergency-clear`. It needs nothing but
+    the kernel: the agents are found by the marker in their environment, so
+    it works when supervisord hangs, the disk is full or read-only, or the
+    manifests are broken; what it could not record it says.
+    """
+    state_dir = options.state_dir_only()
+    _confirm_stop("EVERY agent at once, with no ordering", yes)
+    client = Client(lifecycle.socket_of(state_dir), timeout=EMERGENCY_RPC_TIMEOUT)
+    report = control.emergency_stop(state_dir, client, reason=reason, say=_say)
+    for problem in report.problems:
+        click.echo(click.style(f"warning: {problem}", fg="yellow"), err=True)
+    latched = "latched until `orchestrator emergency-clear`" if report.latched else "NOT latched (see the warning above)"
+    click.echo(click.style(f"Emergency stop: {report.signalled} process(es) signalled, {report.killed} of them killed; "
+                           f"{latched}.", fg="red", bold=True))
+
+
+@cli.command("emergency-clear")
+@click.pass_obj
+def emergency_clear_command(options: Options) -> None:
+    """Lift the emergency-stop latch. Agents stay stopped: start them with start-all or apply."""
+    latch = control.emergency_clear(options.state_dir_only())
+    click.echo(f"Cleared: {runtime.describe_latch(latch)}." if latch else "No emergency stop was latched.")
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of the `orchestrator` command."""
+    # Everything written into the state directory (versions with their environment values, locks,
+    # runtime state) is the operator's alone: files 0600, directories 0700.
+    os.umask(PRIVATE_UMASK)
+    try:
+        cli.main(args=argv, prog_name="orchestrator", standalone_mode=True)
+    except SystemExit:
+        raise
+    except Exception:  # a bug: say so plainly, keep the traceback out of the user's way unless asked
+        if os.environ.get("ORCHESTRATOR_DEBUG"):
+            traceback.print_exc()
+        else:
+            kind, value, _ = sys.exc_info()
+            click.echo(f"internal error: {kind.__name__ if kind else 'error'}: {value} "
+                       "(a bug in orchestrator; rerun with ORCHESTRATOR_DEBUG=1 for details)", err=True)
+        sys.exit(EXIT_BUG)
+    sys.exit(0)

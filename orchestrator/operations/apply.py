@@ -1,0 +1,212 @@
+"""apply: make the running system match the manifests, changing only what changed.
+
+Owned here: carrying out a `Plan` against supervisord, in supervisorctl
+update's safe order (removed, then changed, then added), then starting what
+should run through the `sequencer`. Under the state directory's lock:
+
+    render -> record a version (atomic swap of `current`) -> reloadConfig
+      -> stop and remove removed agents, dependents first (a group that fails to stop is not removed)
+      -> replace changed agents: stop, remove, add (nothing else restarts: each agent is its own group)
+      -> add new agents
+      -> start every agent that should run, each once its dependencies are ready
+      -> mark the version applied or failed
+
+Unchanged agents are never touched and keep their PID. Called by the cli
+(apply, up) with a valid manifest set; rollback, later, is apply of an older
+version's manifests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.state import runtime
+from orchestrator.supervisord import render
+from orchestrator.supervisord.client import Client, NotRunningError
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.state.history import History, Version
+from orchestrator.core.model import Agent, ManifestSet
+from orchestrator.core.plan import Observed, Plan, plan
+from orchestrator.operations.sequencer import Event, Result, Sequencer
+from orchestrator.operations.stopping import stop_in_order
+
+
+
+
+class ApplyError(OrchestratorError):
+    """apply could not bring every agent up; `report` says which and why."""
+
+    def __init__(self, message: str, report: ApplyReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ApplyReport:
+    plan: Plan
+    version: Version | None = None
+    start: Result | None = None
+    stop_failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.stop_failures and (self.start is None or self.start.ok)
+
+
+def client_for(manifests: ManifestSet, *, timeout: float = 10.0) -> Client:
+    return Client(render.socket_path(manifests), timeout=timeout)
+
+
+def observe(client: Client) -> Observed:
+    try:
+        return Observed.of(client.processes(), client.config_hashes())
+    except NotRunningError:
+        return Observed(running=False)
+
+
+def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Rendering]:
+    """The plan for `manifests` against what supervisord runs now and the live version."""
+    rendering = render.render(manifests)
+    current = History(manifests.state_dir).current()
+    programs = {a.name: rendering.program(a.name) for a in manifests.agents}
+    return (plan(manifests, programs, observe(client), current.agents if current else None,
+                 current.programs if current else None, hashes=rendering.hashes), rendering)
+
+
+def apply(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,
+          say: Callable[[str], None] = lambda line: None, client: Client | None = None) -> ApplyReport:
+    """Converge supervisord on `manifests`; raises ApplyError unless every agent ends ready."""
+    client = client or client_for(manifests)
+    history = History(manifests.state_dir)
+    with history.lock():
+        if not client.is_running():
+            raise NotRunningError(f"supervisord is not running for {manifests.state_dir} (start it with `orchestrator up`)")
+        return converge(manifests, client, history, message=message, progress=progress, say=say)
+
+
+def converge(manifests: ManifestSet, client: Client, history: History, *, message: str = "",
+             progress: Callable[[Event], None] = lambda e: None, say: Callable[[str], None] = lambda line: None) -> ApplyReport:
+    """apply's work, for a caller that holds the state directory's lock and knows supervisord runs."""
+    result, rendering = compute(manifests, client)
+    report = ApplyReport(plan=result)
+    if result.of_kind("add", "replace", "start"):
+        runtime.refuse_if_latched(manifests.state_dir)
+    edited = result.names("add", "replace", "update")
+    if edited:  # a changed manifest clears a given-up agent
+        with runtime.changing(manifests.state_dir) as live:
+            for name in edited:
+                live.agents[name] = live.agent(name).cleared()
+    previous = history.current()
+    if result.changes_config or previous is None:
+        report.version = history.record(manifests, rendering, message=message)
+    version = report.version
+    if not result.pending:
+        say("Nothing to do: every agent is unchanged and running.")
+        return report
+    added, changed, removed = client.reload_config()
+    _refresh_internal(client, added, changed, removed, say)
+    old_deps = {n: a.depends_on for n, a in (previous.agents if previous else {}).items()}
+    removing = result.names("remove")
+    if removing or result.names("replace"):
+        mark_stopping(manifests.state_dir, [*removing, *result.names("replace")])
+    if removing:
+        report.stop_failures.update(stop_in_order(client, removing, old_deps, progress=lambda a, w: say(f"  {a}: {w}")))
+        for name in removing:
+            if name not in report.stop_failures:
+                client.remove_group(name)
+                say(f"  {name}: removed")
+    replacing = result.names("replace")
+    if replacing:
+        deps = {a.name: a.depends_on for a in manifests.agents}
+        report.stop_failures.update(stop_in_order(client, replacing, deps, progress=lambda a, w: say(f"  {a}: {w}")))
+        for name in replacing:
+            if name not in report.stop_failures:
+                client.remove_group(name)
+                client.add_group(name)
+    for name in result.names("add"):
+        client.add_group(name)
+    to_start = set(result.names("add", "replace", "start")) - set(report.stop_failures)
+    agents = {a.name: a for a in manifests.agents}
+    verify = _running_dependencies(to_start, agents)
+    if to_start:
+        mark_starting(manifests.state_dir, to_start)
+        project = os.path.dirname(manifests.manifests_dir)
+        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=project)
+        report.start = sequencer.run(to_start, verify=verify)
+    live_version = history.current()
+    if version is None and report.ok and live_version is not None and live_version.status != "applied":
+        version = live_version  # an interrupted apply's version, finished now
+    if version is not None:
+        history.mark(version, "applied" if report.ok else "failed")
+    if not report.ok:
+        raise ApplyError(_failure_message(report), report)
+    return report
+
+
+def mark_starting(state_dir: str, names: Iterable[str]) -> None:
+    """Agents about to be started on request are no longer stopped by the operator."""
+    with runtime.changing(state_dir) as live:
+        for name in names:
+            live.agents[name] = live.agent(name).starting()
+
+
+def mark_stopping(state_dir: str, names: Iterable[str]) -> None:
+    """Agents being stopped on request: their pending restarts are cancelled and nothing restarts them."""
+    with runtime.changing(state_dir) as live:
+        for name in names:
+            live.agents[name] = live.agent(name).stopping()
+
+
+def _running_dependencies(to_start: set[str], agents: Mapping[str, Agent]) -> set[str]:
+    """Dependencies (direct or not) of what starts, that are not started themselves: check they are ready first."""
+    found: set[str] = set()
+    pending = [d for n in to_start for d in agents[n].depends_on]
+    while pending:
+        dep = pending.pop()
+        if dep not in found and dep not in to_start and dep in agents:
+            found.add(dep)
+            pending.extend(agents[dep].depends_on)
+    return found
+
+
+def _refresh_internal(client: Client, added: list[str], changed: list[str], removed: list[str],
+                      say: Callable[[str], None]) -> None:
+    """orchestrator's own programs (names starting with '_') follow their configuration at once."""
+    for name in removed:
+        if name.startswith("_"):
+            client.stop_group(name)
+            client.remove_group(name)
+    for name in changed:
+        if name.startswith("_"):
+            client.stop_group(name)
+            client.remove_group(name)
+            client.add_group(name)
+            client.start_group(name)
+            say(f"  {name}: restarted with its new configuration")
+    for name in added:
+        if name.startswith("_"):
+            client.add_group(name)
+            client.start_group(name)
+
+
+def _failure_message(report: ApplyReport) -> str:
+    lines = []
+    start = report.start
+    for name, why in sorted(report.stop_failures.items()):
+        lines.append(f"{name} could not be stopped: {why}")
+    if start is not None:
+        for outcome in start.failed:
+            what = "is not ready" if outcome.verified_only else "did not become ready"
+            lines.append(f"{outcome.agent} {what}: {outcome.detail}")
+            if outcome.exitstatus is not None:
+                lines.append(f"  exit status: {outcome.exitstatus}")
+            if outcome.stderr:
+                lines.append("  last lines of its stderr:")
+                lines.extend(f"    {line}" for line in outcome.stderr.splitlines())
+            if not outcome.verified_only and outcome.attempts > 1:
+                lines.append(f"  after {outcome.attempts} attempts")
+        if start.blocked:
+            lines.append(f"not started: {', '.join(start.blocked)}")
+    return "\n".join(lines)

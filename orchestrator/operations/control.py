@@ -1,0 +1,183 @@
+"""Control commands: start, stop, restart, their -all forms, and the emergency stop.
+
+Owned here: acting on running agents by hand, in dependency order. start
+brings an agent's dependencies up first (each ready before the next starts),
+stop takes its dependents down first, each level in parallel; `no_deps`
+limits either to the names given. A manual start clears a given-up agent.
+
+The emergency stop is the exception to every ordering: every agent's whole
+process group gets SIGTERM at once, SIGKILL after a short deadline, and a
+latch is set (in the runtime state, so it survives everything) under which
+nothing restarts automatically and apply and start refuse, until
+`emergency_clear`. Called by the cli.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+import psutil
+
+from orchestrator.host import orphans
+from orchestrator.state import runtime
+from orchestrator.operations.apply import mark_stopping
+from orchestrator.operations.stopping import stop_in_order
+from orchestrator.supervisord.client import UP_STATES, Client, SupervisorError
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.graph import Graph
+from orchestrator.state.history import History
+from orchestrator.core.model import Agent
+from orchestrator.operations.sequencer import Event, Result, Sequencer
+import contextlib
+
+EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
+LATCH_LOCK_TIMEOUT = 5.0  # an emergency stop does not wait longer than this for the runtime lock
+
+
+def _live(state_dir: str) -> Mapping[str, Agent]:
+    current = History(state_dir).current()
+    if current is None:
+        raise OrchestratorError(f"nothing has been applied in {state_dir} yet (run `orchestrator up`)")
+    return current.agents
+
+
+def _check(names: Iterable[str], agents: Mapping[str, Agent]) -> list[str]:
+    names = list(names)
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(agents))})")
+    return names
+
+
+def _select(state_dir: str, names: Iterable[str] | None, *, no_deps: bool,
+            related: Callable[[Graph, str], Iterable[str]]) -> tuple[Mapping[str, Agent], list[str], Graph, set[str]]:
+    """The live agents, the ones named (all when None), the graph, and the named plus what `related` adds."""
+    agents = _live(state_dir)
+    chosen = _check(names if names is not None else agents, agents)
+    graph = Graph.of_agents(agents)
+    wanted = set(chosen)
+    if not no_deps:
+        for name in chosen:
+            wanted.update(related(graph, name))
+    return agents, chosen, graph, wanted
+
+
+def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
+          progress: Callable[[Event], None] = lambda e: None) -> Result:
+    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
+    runtime.refuse_if_latched(state_dir)
+    agents, chosen, _, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
+    with runtime.changing(state_dir) as live:
+        for name in chosen:
+            live.agents[name] = live.agent(name).cleared()
+    up = {p.group for p in client.processes() if p.state in UP_STATES}
+    to_start = {n for n in wanted if n not in up}
+    verify = {n for n in wanted if n in up}
+    with runtime.changing(state_dir) as live:
+        for name in to_start:
+            live.agents[name] = live.agent(name).starting()
+    return Sequencer(client, agents, state_dir=state_dir, progress=progress).run(to_start, verify=verify)
+
+
+def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
+         say: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Stop `names` (all agents when None), their dependents first; the agents stopped."""
+    agents, _, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependents)
+    mark_stopping(state_dir, wanted)
+    failures = stop_in_order(client, wanted, {n: a.depends_on for n, a in agents.items()},
+                             progress=lambda agent, what: say(f"  {agent}: {what}"))
+    if failures:
+        raise OrchestratorError("; ".join(f"{n} could not be stopped: {why}" for n, why in sorted(failures.items())))
+    return [n for n in graph.stop_order if n in wanted]
+
+
+@dataclass
+class EmergencyReport:
+    """What an emergency stop did, and what it could not do."""
+
+    signalled: int = 0            # processes that got SIGTERM
+    killed: int = 0               # ... of which still alive after the deadline, and SIGKILLed
+    latched: bool = False         # the latch is recorded in the runtime state
+    problems: list[str] = field(default_factory=list)   # what could not be done, in words
+
+
+def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", deadline: float = EMERGENCY_DEADLINE,
+                   say: Callable[[str], None] = lambda line: None) -> EmergencyReport:
+    """End every agent's processes at once, whatever else is broken; then say what could not be recorded.
+
+    Signals first, records afterwards, each step independent of the others:
+      1. supervisord is asked to stop every agent's group without waiting (if it answers
+         within seconds), so what ends counts as stopped on request and is not restarted;
+      2. every process that carries the state directory's marker and a configuration hash
+         (every agent and each of its descendants, found in /proc: no supervisord, lock or
+         manifest needed) gets SIGTERM, to its process group and to itself, and SIGKILL
+         after `deadline` seconds;
+      3. the latch is recorded, if the state directory can be written and its lock is free
+         within LATCH_LOCK_TIMEOUT (a full or read-only disk, or a stuck lock holder, is
+         reported, not fatal).
+    """
+    report = EmergencyReport()
+    if client is not None:
+        try:
+            for group in sorted({p.group for p in client.processes() if not is_internal(p.group)}):
+                client.stop_group(group, wait=False)
+        except SupervisorError as exc:
+            report.problems.append(f"supervisord did not take the stop: {exc}")
+    victims = orphans.find(state_dir, agents_only=True)
+    groups: set[int] = set()
+    for process in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            groups.add(os.getpgid(process.pid))
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
+    for member in victims:  # children that left the agent's process group
+        _signal(member, signal.SIGTERM)
+    report.signalled = len(victims)
+    say(f"SIGTERM sent to {len(victims)} process(es) in {len(groups)} process group(s)")
+    _, alive = psutil.wait_procs(victims, timeout=deadline)
+    if alive:
+        for pgid in groups:
+            _signal_group(pgid, signal.SIGKILL)
+        for member in alive:
+            _signal(member, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=deadline)
+        report.killed = len(alive)
+        say(f"SIGKILL sent to {len(alive)} process(es) still alive after {deadline:g}s")
+    try:
+        with runtime.changing(state_dir, timeout=LATCH_LOCK_TIMEOUT) as live:
+            live.latch = runtime.Latch(since=time.time(), reason=reason)
+            for name in list(live.agents):
+                live.agents[name] = replace(live.agent(name), next_restart_at=None)
+        report.latched = True
+    except (OSError, runtime.LockTimeout) as exc:
+        why = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        report.problems.append(f"the latch could not be recorded in {state_dir}: {why}; the agents were stopped, but "
+                               "a start or apply is not refused until it is (emergency-stop again once that is fixed)")
+    return report
+
+
+def is_internal(group: str) -> bool:
+    """orchestrator's own programs (the listener) are groups whose names start with '_': not agents."""
+    return group.startswith("_")
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _signal(process: psutil.Process, signum: int) -> None:
+    with contextlib.suppress(psutil.Error):
+        process.send_signal(signum)
+
+
+def emergency_clear(state_dir: str) -> runtime.Latch | None:
+    """Lift the latch; the agents stay stopped until started. The latch that was lifted, if any."""
+    with runtime.changing(state_dir) as live:
+        latch, live.latch = live.latch, None
+    return latch

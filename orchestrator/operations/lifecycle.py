@@ -1,0 +1,202 @@
+"""up and down: supervisord's own life, around apply.
+
+Owned here: starting supervisord as a daemon from the live configuration in
+the state directory (its pid file, socket and logs there too), and stopping
+everything: agents in reverse dependency order (each level in parallel),
+then supervisord itself, leaving no process behind. Called by the cli.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+
+from orchestrator.host import orphans
+from orchestrator.state import runtime
+from orchestrator.supervisord import render
+from orchestrator.operations.apply import ApplyReport, converge, mark_stopping
+from orchestrator.operations.stopping import stop_in_order
+from orchestrator.supervisord.client import Client, SupervisorError
+from orchestrator.core.errors import StateError
+from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
+from orchestrator.core.model import ManifestSet
+from orchestrator.operations.sequencer import Event
+
+START_TIMEOUT = 30.0
+SHUTDOWN_TIMEOUT = 60.0
+
+
+def socket_of(state_dir: str) -> str:
+    """The supervisord socket the live version configures (default: STATE/supervisor.sock)."""
+    current = History(state_dir).current()
+    if current is not None:
+        match = re.search(r"^file=(.+)$", current.main, re.MULTILINE)
+        if match:
+            return match.group(1).replace("%%", "%")
+    return os.path.join(state_dir, "supervisor.sock")
+
+
+def refuse_if_hung(state_dir: str, client: Client) -> None:
+    """supervisord's pid file names a live supervisord that does not answer: touching its children would be wrong."""
+    try:
+        with open(os.path.join(state_dir, "supervisord.pid"), encoding="utf-8") as handle:
+            pid = int(handle.read().strip())
+        if "supervisord" in " ".join(psutil.Process(pid).cmdline()):
+            raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path} (hung); "
+                             f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
+    except (OSError, ValueError, psutil.Error):
+        return
+
+
+def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> None:
+    """supervisord answers for `state_dir`; otherwise an error that says whether it is hung (with its pid) or not running."""
+    if client.is_running():
+        return
+    refuse_if_hung(state_dir, client)
+    raise StateError(f"supervisord is not running for {shown_as or state_dir} (start it with `orchestrator up`)")
+
+
+def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:
+    """Start supervisord from STATE/supervisord.conf and wait until it answers."""
+    history = History(state_dir)
+    os.makedirs(os.path.join(state_dir, render.LOGS_DIR), exist_ok=True)
+    refuse_if_hung(state_dir, client)
+    ended = orphans.sweep(state_dir, say=say)
+    if ended:
+        say(f"ended {len(ended)} process(es) left by a supervisord that did not stop cleanly")
+    say("starting supervisord")
+    done = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", history.config_path],
+                          capture_output=True, text=True, cwd=state_dir, timeout=START_TIMEOUT)
+    if done.returncode != 0:
+        raise StateError(f"supervisord did not start: {(done.stderr or done.stdout).strip()}")
+    deadline = time.monotonic() + START_TIMEOUT
+    while not client.is_running():
+        if time.monotonic() > deadline:
+            raise StateError(f"supervisord did not answer on {client.socket_path} within {START_TIMEOUT:g}s; "
+                             f"see {os.path.join(state_dir, render.LOGS_DIR, 'supervisord.log')}")
+        time.sleep(0.05)
+    _wait_for_listener(state_dir, client, deadline)
+
+
+def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
+    """Until orchestrator's listener reads events: an agent's first exit is then decided at once, not
+    after the listener's own start (about 0.3 s of imports)."""
+    ready = os.path.join(state_dir, LISTENER_READY)
+    while time.monotonic() < deadline:
+        try:
+            listener = client.process(f"{render.LISTENER}:{render.LISTENER}").pid
+            with open(ready, encoding="utf-8") as handle:
+                if listener and handle.read().strip() == str(listener):
+                    return
+        except (OSError, SupervisorError):
+            pass
+        time.sleep(0.05)
+
+
+def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,
+       say: Callable[[str], None] = lambda line: None) -> ApplyReport:
+    """Start supervisord if it is not running, then apply.
+
+    When up starts supervisord, it holds the apply lock throughout and leaves a
+    claim naming that supervisord, so the boot sequence (which waits for the
+    lock) finds the agents already up's to start, and starts none of them.
+    """
+    history = History(manifests.state_dir)
+    client = Client(render.socket_path(manifests))
+    with history.lock():
+        leave_pointer(manifests.manifests_dir, manifests.state_dir, manifests.env)
+        if not client.is_running():
+            rendering = render.render(manifests)
+            current = history.current()
+            if current is None or current.main != rendering.main or \
+                    current.programs != {a.name: rendering.program(a.name) for a in manifests.agents}:
+                history.record(manifests, rendering, message=message or "up")
+            start_supervisord(manifests.state_dir, client, say=say)
+            leave_claim(manifests.state_dir, client.pid())
+        report = converge(manifests, client, history, message=message, progress=progress, say=say)
+        current = history.current()
+        if current is not None and current.status != "applied" and report.ok:
+            history.mark(current, "applied")
+        return report
+
+
+def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Stop every agent, dependents first, then supervisord; the agents stopped.
+
+    First the restart keeper stands down (no pending restart fires after this
+    point, and a start in progress ends), then down waits for an apply, up or
+    boot sequence in progress to let go of the lock, stops the agents in reverse
+    dependency order, and shuts supervisord down. It ends with nothing of the
+    state directory's left running, or an error naming what is.
+    """
+    history = History(state_dir)
+    client = Client(socket_of(state_dir))
+    _stand_down(state_dir, client)
+    with _waiting_lock(history, say):
+        client = Client(socket_of(state_dir))
+        if not client.is_running():
+            refuse_if_hung(state_dir, client)
+            ended = orphans.sweep(state_dir, say=say)
+            say("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else ""))
+            _left_behind(state_dir)
+            return []
+        _stand_down(state_dir, client)
+        current = history.current()
+        deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
+        names = sorted({p.group for p in client.processes() if not p.group.startswith("_")})
+        mark_stopping(state_dir, names)
+        failures = stop_in_order(client, names, deps, progress=lambda agent, what: say(f"  {agent}: {what}"))
+        # supervisord retires one stopped group per pass of its loop while shutting down, and an
+        # idle pass waits up to 1 s: 12 groups took 12 s. Removed groups cost it nothing.
+        for name in names:
+            if name not in failures:
+                with contextlib.suppress(SupervisorError):  # started again meanwhile: shutdown stops it
+                    client.remove_group(name)
+        pid = client.pid()
+        say("stopping supervisord")
+        client.shutdown()
+        try:
+            psutil.Process(pid).wait(timeout=SHUTDOWN_TIMEOUT)
+        except psutil.NoSuchProcess:
+            pass
+        except psutil.TimeoutExpired as exc:
+            raise StateError(f"supervisord (pid {pid}) did not exit within {SHUTDOWN_TIMEOUT:g}s") from exc
+        ended = orphans.sweep(state_dir, say=say)
+        if ended:
+            say(f"ended {len(ended)} process(es) that outlived supervisord")
+        _left_behind(state_dir)
+        return names
+
+
+def _stand_down(state_dir: str, client: Client) -> None:
+    """Tell the restart keeper of the running supervisord (if any) that everything is being stopped."""
+    try:
+        pid = client.pid()
+    except SupervisorError:
+        return
+    with runtime.changing(state_dir) as live:
+        live.stand_down = pid
+
+
+@contextlib.contextmanager
+def _waiting_lock(history: History, say: Callable[[str], None]) -> Iterator[None]:
+    with history.lock(wait=False) as mine:
+        if mine:
+            yield
+            return
+    say("waiting for the apply, up or boot sequence in progress to finish")
+    with history.lock():
+        yield
+
+
+def _left_behind(state_dir: str) -> None:
+    left = orphans.find(state_dir)
+    if left:
+        raise StateError("still running after down: " + ", ".join(f"{p.pid} ({' '.join(p.cmdline())[:60]})" for p in left))

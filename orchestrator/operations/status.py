@@ -1,0 +1,186 @@
+"""status: what runs, how it is doing, and whether it is what the live version wants.
+
+Owned here: one row per supervisord process of an agent, with the fields of
+`status --output json` (name, agent, state, pid, uptime_seconds, restarts,
+cpu_percent, memory_rss_bytes, health, ready), the text table, and the
+verdict (every desired agent RUNNING and ready, or not). CPU and memory cover
+each agent's whole process tree, sampled over a short interval with psutil.
+Called by the cli.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import psutil
+
+from orchestrator.host import probes
+from orchestrator.supervisord.client import RUNNING, UP_STATES, Client, ProcessInfo
+from orchestrator.core.model import Agent
+from orchestrator.core.policies import AgentHistory
+import contextlib
+
+CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
+CHECK_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    agent: str
+    state: str
+    pid: int | None
+    uptime_seconds: float
+    restarts: int
+    cpu_percent: float | None
+    memory_rss_bytes: int | None
+    health: str      # "ok", "failing: ...", "unknown" (no liveness probe), "-" (not running)
+    ready: bool
+    restarts_in_window: int = 0           # failed attempts inside the restart policy's window
+    given_up: bool = False
+    next_restart_in: float | None = None  # seconds, while backing off
+    reason: str = ""                      # why it last exited, or was given up
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _sample(pids: list[int]) -> dict[int, tuple[float | None, int | None]]:
+    """CPU percent (of one core) and RSS of each pid's process tree."""
+    trees = {pid: _tree(pid) for pid in pids}
+    for tree in trees.values():
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                process.cpu_percent(None)
+    if trees:
+        time.sleep(CPU_SAMPLE)
+    figures: dict[int, tuple[float | None, int | None]] = {}
+    for pid, tree in trees.items():
+        cpu, rss, seen = 0.0, 0, False
+        for process in tree:
+            try:
+                cpu += process.cpu_percent(None)
+                rss += process.memory_info().rss
+                seen = True
+            except psutil.Error:
+                continue
+        figures[pid] = (round(cpu, 1), rss) if seen else (None, None)
+    return figures
+
+
+def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool]:
+    """(health, ready) of an agent whose processes are `processes`."""
+    if agent is None:
+        return "unknown", all(p.state == RUNNING for p in processes)
+    up = all(p.state in UP_STATES for p in processes)
+    if not up:
+        return "-", False
+    ready = all(p.state == RUNNING for p in processes)
+    if agent.readiness is not None:
+        ready = probes.check(agent.readiness, timeout=min(CHECK_TIMEOUT, agent.readiness.timeout)).ok
+    health = "unknown"
+    if agent.liveness is not None:
+        result = probes.check(agent.liveness, timeout=min(CHECK_TIMEOUT, agent.liveness.timeout))
+        health = "ok" if result.ok else f"failing: {result.detail}"
+    return health, ready
+
+
+def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None = None,
+            histories: Mapping[str, AgentHistory] | None = None, now: float | None = None) -> list[Row]:
+    """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT."""
+    by_group: dict[str, list[ProcessInfo]] = {}
+    for process in client.processes():
+        if not process.group.startswith("_"):
+            by_group.setdefault(process.group, []).append(process)
+    wanted = sorted(set(agents) | set(by_group)) if not names else list(names)
+    figures = _sample([p.pid for g in wanted for p in by_group.get(g, []) if p.pid])
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
+    rows = []
+    now = time.time() if now is None else now
+    for group in wanted:
+        history = (histories or {}).get(group, AgentHistory())
+        policy = {"restarts": history.restarts, "restarts_in_window": len(history.failures), "given_up": history.given_up,
+                  "next_restart_in": None if history.next_restart_at is None else round(max(0.0, history.next_restart_at - now), 1),
+                  "reason": history.reason}
+        processes = by_group.get(group)
+        if not processes:
+            rows.append(Row(group, group, "ABSENT", None, 0.0, cpu_percent=None, memory_rss_bytes=None, health="-",
+                            ready=False, **policy))  # type: ignore[arg-type]
+            continue
+        health, ready = checks[group]
+        for process in processes:
+            cpu, rss = figures.get(process.pid, (None, None))
+            name = process.name if process.name == group else f"{group}:{process.name}"
+            state = "GIVEN UP" if history.given_up and process.state not in UP_STATES else process.state
+            rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,
+                            health=health, ready=ready and process.state in UP_STATES, **policy))  # type: ignore[arg-type]
+    return rows
+
+
+def healthy(rows: list[Row], desired: Mapping[str, Agent]) -> bool:
+    """Every desired agent has all its processes up and ready.
+
+    A process still STARTING (inside supervisord's startsecs) counts when its
+    readiness probe passes: that is what `apply` waited for.
+    """
+    return all(r.state in UP_STATES and r.ready for r in rows if r.agent in desired)
+
+
+_COLORS = {"GIVEN UP": "red", "RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow", "STOPPING": "yellow",
+           "STOPPED": "red", "EXITED": "red", "FATAL": "red", "ABSENT": "red", "UNKNOWN": "red"}
+
+
+def _uptime(seconds: float, up: bool) -> str:
+    if not up:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024  # type: ignore[assignment]
+    return "-"  # pragma: no cover
+
+
+def _short(text: str, width: int = 48) -> str:
+    """A table cell: long texts cut (the whole text is in `--output json`)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
+    """Rows as table cells, each with the color of its state."""
+    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH", "NOTE"]
+    lines: list[tuple[list[str], str | None]] = [(header, None)]
+    for row in rows:
+        cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}"
+        restarts = f"{row.restarts} ({row.restarts_in_window} now)" if row.restarts_in_window else str(row.restarts)
+        note = (f"restart in {row.next_restart_in:g}s" if row.next_restart_in is not None
+                else row.reason if row.given_up or row.state not in UP_STATES else "")
+        uptime = _uptime(row.uptime_seconds, row.state in UP_STATES)
+        lines.append(([row.name, row.state, str(row.pid or "-"), uptime, restarts, cpu, _bytes(row.memory_rss_bytes),
+                       "yes" if row.ready else "no", _short(row.health), _short(note)], _COLORS.get(row.state)))
+    return lines

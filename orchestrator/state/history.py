@@ -1,0 +1,264 @@
+"""Versions: every applied manifest set, its rendered configuration, and which one is live.
+
+Owned here: the state directory's layout and its atomic updates.
+
+    STATE/
+      supervisord.conf -> current/supervisord.conf   what supervisord runs from (a stable path)
+      current -> history/0007                        the live version; replaced by one atomic rename
+      history/0007/
+        version.json        number, time, message, environment, status (applying, applied, failed)
+        agents.json         the resolved agents, for plan and the boot listener
+        supervisord.conf    the rendered configuration ...
+        programs/NAME.conf  ... one file per agent
+        manifests/          the manifest files as they were applied
+      logs/, supervisor.sock, supervisord.pid, apply.lock
+
+A version directory is written whole under a temporary name, then renamed into
+place; `current` is then repointed by renaming a new symlink over it. A kill -9
+at any moment leaves either the old or the new version live, never a mix.
+
+Called by apply (record, mark), plan (current), lifecycle (up, down) and the
+boot listener (current's agents).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core.errors import StateError
+from orchestrator.core.model import Agent, ManifestSet, agent_from_plain, to_plain
+from orchestrator.supervisord.render import MAIN_CONFIG, PROGRAMS_DIR, Rendering
+
+HISTORY = "history"
+CURRENT = "current"
+LOCK = "apply.lock"
+_MANIFEST_PARTS = ("orchestrator.yaml", "agents", "templates", "env")
+
+
+@dataclass(frozen=True)
+class Version:
+    number: int
+    path: str
+    created: float
+    message: str
+    env: str | None
+    status: str
+    agents: Mapping[str, Agent]
+    programs: Mapping[str, str]
+    main: str
+    manifests_dir: str = ""
+
+    @property
+    def project_dir(self) -> str:
+        """Where the agents' relative paths resolve (the manifests directory's parent)."""
+        return os.path.dirname(self.manifests_dir) if self.manifests_dir else self.path
+
+    @property
+    def label(self) -> str:
+        return f"{self.number:04d}"
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace the file at `path` with `text`: a reader sees the old file or the new one, whole."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _make_private(root: str) -> None:
+    """Files 0600 and directories 0700 below `root` (copytree copies each directory's mode)."""
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o700)
+        for name in files:
+            os.chmod(os.path.join(directory, name), 0o600)
+
+
+def _point(link: str, target: str) -> None:
+    """Make `link` a symlink to `target`, atomically (a new link renamed over the old one)."""
+    tmp = f"{link}.tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+CLAIM = "up.claim"
+LISTENER_READY = "listener.ready"  # the pid of the listener that reads events now (written by it, read by up)
+
+
+POINTER = ".orchestrator-state"  # beside the manifests: where their state directory is, per environment
+
+
+def _pointers(manifests_dir: str) -> dict[str, str]:
+    try:
+        with open(os.path.join(manifests_dir, POINTER), encoding="utf-8") as handle:
+            data = json.loads(handle.read(65536))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def leave_pointer(manifests_dir: str, state_dir: str, env: str | None) -> None:
+    """Note beside the manifests where their state directory (for `env`) is, so down, status and
+    emergency-stop find it without loading the manifests, which may be broken by then. Best effort:
+    a read-only manifests directory only loses the shortcut."""
+    pointers = _pointers(manifests_dir)
+    if pointers.get(env or "") == state_dir:
+        return
+    pointers[env or ""] = state_dir
+    with contextlib.suppress(OSError):
+        write_atomically(os.path.join(manifests_dir, POINTER), json.dumps(pointers, indent=1, sort_keys=True) + "\n")
+
+
+def read_pointer(manifests_dir: str, env: str | None) -> str | None:
+    """The state directory `leave_pointer` noted beside these manifests for `env`, if it is still a directory."""
+    state_dir = _pointers(manifests_dir).get(env or "")
+    return state_dir if state_dir and os.path.isabs(state_dir) and os.path.isdir(state_dir) else None
+
+
+def leave_claim(state_dir: str, supervisord_pid: int) -> None:
+    """`up` started the supervisord with this pid and starts its agents: its boot sequence must not."""
+    write_atomically(os.path.join(state_dir, CLAIM), str(supervisord_pid))
+
+
+def take_claim(state_dir: str, supervisord_pid: int) -> bool:
+    """Whether `up` claimed this supervisord's start (the claim is used up: a later restart of it boots)."""
+    path = os.path.join(state_dir, CLAIM)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            claimed = handle.read().strip()
+        os.unlink(path)
+    except (OSError, ValueError):
+        return False
+    return claimed == str(supervisord_pid)
+
+
+class History:
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.root = os.path.join(state_dir, HISTORY)
+        self._live: tuple[str, Version] | None = None
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.state_dir, MAIN_CONFIG)
+
+    @contextmanager
+    def lock(self, *, wait: bool = True) -> Iterator[bool]:
+        """Hold the state directory's apply lock; yields False (without waiting) when `wait` is off and it is taken."""
+        os.makedirs(self.state_dir, exist_ok=True)
+        with open(os.path.join(self.state_dir, LOCK), "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def numbers(self) -> list[int]:
+        if not os.path.isdir(self.root):
+            return []
+        return sorted(int(n) for n in os.listdir(self.root) if n.isdigit())
+
+    def current(self) -> Version | None:
+        """The live version. Its agents and programs never change once written, so it is read once per
+        `current` target: the listener asks on every event (a 200-agent version costs 7 ms to read)."""
+        link = os.path.join(self.state_dir, CURRENT)
+        try:
+            target = os.readlink(link)
+        except (FileNotFoundError, OSError):
+            return None
+        if self._live is not None and self._live[0] == target:
+            return self._live[1]
+        version = self._read(os.path.normpath(os.path.join(self.state_dir, target)))
+        self._live = (target, version)
+        return version
+
+    def get(self, number: int) -> Version:
+        path = os.path.join(self.root, f"{number:04d}")
+        if not os.path.isdir(path):
+            raise StateError(f"no version {number} in {self.root} (versions: {', '.join(map(str, self.numbers())) or 'none'})")
+        return self._read(path)
+
+    def versions(self) -> list[Version]:
+        return [self.get(n) for n in self.numbers()]
+
+    def _read(self, path: str) -> Version:
+        try:
+            with open(os.path.join(path, "version.json"), encoding="utf-8") as handle:
+                meta = json.load(handle)
+            with open(os.path.join(path, "agents.json"), encoding="utf-8") as handle:
+                agents = {name: agent_from_plain(data) for name, data in json.load(handle).items()}
+            programs = {}
+            programs_dir = os.path.join(path, PROGRAMS_DIR)
+            for name in sorted(os.listdir(programs_dir)):
+                with open(os.path.join(programs_dir, name), encoding="utf-8") as handle:
+                    programs[name.removesuffix(".conf")] = handle.read()
+            with open(os.path.join(path, MAIN_CONFIG), encoding="utf-8") as handle:
+                main = handle.read()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"cannot read version {path}: {exc}") from exc
+        return Version(number=meta["number"], path=path, created=meta["created"], message=meta.get("message", ""),
+                       env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main,
+                       manifests_dir=meta.get("manifests_dir", ""))
+
+    def record(self, manifests: ManifestSet, rendering: Rendering, *, message: str = "") -> Version:
+        """Write a new version and make it live (the caller holds the lock)."""
+        os.makedirs(self.root, exist_ok=True)
+        number = (self.numbers() or [0])[-1] + 1
+        final = os.path.join(self.root, f"{number:04d}")
+        scratch = tempfile.mkdtemp(dir=self.root, prefix=".tmp-")
+        try:
+            rendering.write(scratch)
+            snapshot = os.path.join(scratch, "manifests")
+            os.makedirs(snapshot)
+            for part in _MANIFEST_PARTS:
+                source = os.path.join(manifests.manifests_dir, part)
+                # the operator's text byte for byte; not their file modes: a snapshot is private
+                if os.path.isdir(source):
+                    shutil.copytree(source, os.path.join(snapshot, part), copy_function=shutil.copyfile)
+                elif os.path.isfile(source):
+                    shutil.copyfile(source, os.path.join(snapshot, part))
+            _make_private(snapshot)
+            agents = {a.name: to_plain(a) for a in manifests.agents}
+            write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
+            meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
+                    "manifests_dir": manifests.manifests_dir, "status": "applying"}
+            write_atomically(os.path.join(scratch, "version.json"), json.dumps(meta, indent=1))
+            os.rename(scratch, final)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        _point(os.path.join(self.state_dir, CURRENT), os.path.join(HISTORY, f"{number:04d}"))
+        if not os.path.islink(self.config_path):
+            _point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))
+        return self._read(final)
+
+    def mark(self, version: Version, status: str, **details: Any) -> None:
+        path = os.path.join(version.path, "version.json")
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        meta.update(status=status, **details)
+        write_atomically(path, json.dumps(meta, indent=1))

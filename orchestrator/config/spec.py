@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 from collections.abc import Callable, Mapping, Sequence
 
+from orchestrator.core import svsyntax
 from orchestrator.core.errors import Diagnostic, Location
 from orchestrator.core.units import DURATION_HINT, SIZE_HINT, parse_duration, parse_size
 from orchestrator.config.yamltree import Node
@@ -124,11 +125,6 @@ def _templatable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, _TEMPLATE_SCHEMA]}
 
 
-# Characters that would break a supervisord configuration line: a newline ends
-# the value and can start a new [section]; NUL and CR are never meaningful.
-_LINE_BREAKING = re.compile(r"[\n\r\x00]")
-
-
 @dataclass
 class Str(Spec):
     what: str = "a string"
@@ -143,7 +139,7 @@ class Str(Spec):
             value = str(value)
         if not isinstance(value, str):
             return self.wrong(node, path, checker)
-        if not self.multiline and _LINE_BREAKING.search(value):
+        if not self.multiline and svsyntax.breaks_line(value):
             return checker.error(node.loc, path, "contains a line break or NUL character, which would break the "
                                  "supervisord configuration (expected a single line)")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):

@@ -12,10 +12,8 @@ templated and type-checked; nothing here raises or stops at the first error.
 from __future__ import annotations
 
 import graphlib
-import ipaddress
 import os
 import pwd
-import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -23,6 +21,7 @@ from typing import Any
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from orchestrator.core.addresses import host_port_problem
 from orchestrator.core import model, svsyntax
 from orchestrator.core.errors import Diagnostic, Location
 from orchestrator.config.schema import POLICY_FIELDS
@@ -205,24 +204,7 @@ def restart_fields_match_policy(draft: Draft, ctx: Context) -> Iterator[Diagnost
         yield _error(node.loc, "restart.max_delay", f"{policy.max_delay:g}s is below delay {policy.delay:g}s (expected max_delay >= delay)")
 
 
-_LINE_BREAK = re.compile(r"[\n\r\x00]")
 _HOST_PORT = "expected HOST:PORT with a port from 1 to 65535,"
-
-
-def _host_port_problem(text: str) -> str | None:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        return "is not HOST:PORT"
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return f"has an invalid IPv6 address {host}"
-    elif ":" in host:
-        return "has an IPv6 address without brackets (write [::1]:PORT)"
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        return f"has an invalid port {port!r}"
-    return None
 
 
 def _url_problem(text: str) -> str | None:
@@ -255,7 +237,7 @@ def probes_are_valid(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
         kind = kinds[0]
         target = node.value[kind]
         if kind == "tcp" and isinstance(target.value, str):
-            problem = _host_port_problem(target.value)
+            problem = host_port_problem(target.value)
             if problem:
                 yield _error(target.loc, f"{which}.tcp", f"{describe(target.value)} {problem} ({_HOST_PORT} such as 127.0.0.1:9101)")
         elif kind == "http" and isinstance(target.value, str):
@@ -321,13 +303,13 @@ def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
             if problem:
                 yield _error(item.loc, f"env.{key}", f"{key}={{value}} {problem} (expected a shorter value; "
                              "put large data in a file the agent reads)")
-            elif isinstance(item.value, str) and not _LINE_BREAK.search(item.value):  # line breaks: the type check said so
+            elif isinstance(item.value, str) and not svsyntax.breaks_line(item.value):  # line breaks: the type check said so
                 problem = svsyntax.env_value_problem(item.value)
                 if problem:
                     yield _error(item.loc, f"env.{key}", f"value {problem} (expected a value supervisord can pass through; "
                                  "move it to a file the agent reads)")
     directory = draft.node.get("directory")
-    if directory is not None and isinstance(directory.value, str) and not _LINE_BREAK.search(directory.value):
+    if directory is not None and isinstance(directory.value, str) and not svsyntax.breaks_line(directory.value):
         problem = svsyntax.value_problem(directory.value)
         if problem:
             yield _error(directory.loc, "directory", f"path {problem} (expected a plain path)")
@@ -390,7 +372,7 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
     found: list[Diagnostic] = []
     exporter = values.get("exporter")
     if isinstance(exporter, model.Exporter):
-        problem = _host_port_problem(exporter.listen)
+        problem = host_port_problem(exporter.listen)
         if problem:
             where = _child(node, "exporter", "listen")
             found.append(_error(where.loc if where else node.loc, "exporter.listen",

@@ -116,3 +116,17 @@ class RenderError(OrchestratorError):
 
 class StateError(OrchestratorError):
     """The state directory cannot be read or written."""
+
+
+# The messages a user meets from several commands, written once.
+
+def unknown_agents(names: Iterable[str], known: Iterable[str]) -> OrchestratorError:
+    """The error for agent names the live version does not have, listing those it has."""
+    unknown = list(names)
+    return OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known)) or 'none'})")
+
+
+def not_running_message(state_dir: str) -> str:
+    """What to say when no supervisord answers for `state_dir`."""
+    return f"supervisord is not running for {state_dir} (start it with `orchestrator up`)"

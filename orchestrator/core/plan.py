@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from orchestrator.supervisord.client import DOWN_STATES, ProcessInfo
+from orchestrator.core.names import is_internal
+from orchestrator.core.processes import DOWN_STATES, ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, to_plain
 
 Kind = Literal["add", "remove", "replace", "update", "start", "unchanged"]
@@ -146,7 +147,7 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
         actions.append(Action("unchanged", name))
     wanted = set(desired.names)
     for group in sorted(observed.groups):
-        if group not in wanted and not group.startswith("_"):
+        if group not in wanted and not is_internal(group):
             actions.append(Action("remove", group, reason="no longer in the manifests"))
     order = {k: i for i, k in enumerate(KINDS)}
     return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running)

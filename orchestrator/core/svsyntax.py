@@ -25,7 +25,15 @@ from collections.abc import Iterable, Mapping
 
 _INLINE_COMMENT = re.compile(r"\s[;#]")
 HERE = "%(here)s"
+# Characters that would break a supervisord configuration line: a newline ends the value and can
+# start a new [section]; NUL and CR are never meaningful. The one statement of this rule: the
+# loader refuses such values with a location, the renderer refuses to write them.
 _LINE_BREAK = re.compile(r"[\n\r\x00]")
+
+
+def breaks_line(value: str) -> bool:
+    """Whether `value` holds a character that would end a supervisord configuration line."""
+    return _LINE_BREAK.search(value) is not None
 
 
 def escape_percent(value: str) -> str:
@@ -35,7 +43,7 @@ def escape_percent(value: str) -> str:
 
 def value_problem(value: str) -> str | None:
     """Why `value` cannot be written as a plain supervisord setting, or None when it can."""
-    if _LINE_BREAK.search(value):
+    if breaks_line(value):
         return "contains a line break or NUL character"
     if _INLINE_COMMENT.search(value):
         return "contains whitespace followed by ';' or '#', which supervisord reads as the start of a comment"

@@ -35,9 +35,11 @@ from supervisor import childutils
 
 from orchestrator.host import orphans
 from orchestrator.state import runtime
-from orchestrator.supervisord.client import DOWN_STATES, Client, SupervisorError
+from orchestrator.core.processes import DOWN_STATES
+from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.state.history import LISTENER_READY, History, take_claim, write_atomically
+from orchestrator.state.files import write_atomically
+from orchestrator.state.history import LISTENER_READY, History, take_claim
 from orchestrator.daemons.monitor import LivenessMonitor
 from orchestrator.daemons.restarts import Keeper
 from orchestrator.operations.sequencer import Event, Sequencer

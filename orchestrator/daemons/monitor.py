@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 from orchestrator.host import probes
 from orchestrator.state import runtime
-from orchestrator.supervisord.client import UP_STATES, Client, SupervisorError
+from orchestrator.core.processes import UP_STATES
+from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.state.history import History
 from orchestrator.core.model import Agent
-from orchestrator.supervisord.render import process_names
+from orchestrator.core.names import process_names
 
 TICK = 0.25  # how often the monitor looks for a check that is due
 

@@ -40,12 +40,13 @@ from dataclasses import replace
 from orchestrator.core import ownership
 from orchestrator.state import runtime
 from orchestrator.operations.stopping import stop_in_order
-from orchestrator.supervisord.client import UP_STATES, Client, SupervisorError
+from orchestrator.core.processes import UP_STATES
+from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.graph import Graph
 from orchestrator.state.history import History
 from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory, Decision, Exit, decide
-from orchestrator.supervisord.render import LOGS_DIR, process_names
+from orchestrator.core.names import LOGS_DIR, process_names
 from orchestrator.operations.sequencer import COMM_TYPE, Event, Sequencer
 
 class Keeper:

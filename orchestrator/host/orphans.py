@@ -9,21 +9,21 @@ agent forked into another process group, or an agent that ignores SIGTERM.
 Called by lifecycle (before supervisord starts, after it stops) and by the
 boot listener (before it starts agents), so a restarted supervisord never
 runs a second copy of an agent beside the first; and by `stopping`, which
-ends what a stopped agent left behind (`descendants`, `end`): a child that
+ends what a stopped agent left behind (with `processes.descendants` and `processes.end`): a child that
 called setsid is outside the process group supervisord signals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 
 import psutil
 
 import contextlib
 
-from orchestrator.supervisord.render import CONFIG_MARKER, ENV_MARKER, MANIFESTS_MARKER, MARKER
+from orchestrator.host.processes import end
+from orchestrator.core.names import CONFIG_MARKER, ENV_MARKER, MANIFESTS_MARKER, MARKER
 
-TERM_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
 
 
 def find(state_dir: str, *, keep_tree_of: int | None = None, agents_only: bool = False) -> list[psutil.Process]:
@@ -71,37 +71,3 @@ def sweep(state_dir: str, *, keep_tree_of: int | None = None, say: Callable[[str
             say(f"ending orphan {process.pid} ({' '.join(process.cmdline())[:80]})")
     end(orphans)
     return [p.pid for p in orphans]
-
-
-def descendants(roots: Mapping[str, Iterable[int]]) -> dict[str, list[psutil.Process]]:
-    """Every descendant of each name's root pids (one walk of the process table for all of them)."""
-    children: dict[int, list[psutil.Process]] = {}
-    for process in psutil.process_iter(["ppid"]):
-        children.setdefault(process.info["ppid"], []).append(process)
-    found: dict[str, list[psutil.Process]] = {}
-    for name, pids in roots.items():
-        pending, seen = list(pids), []
-        while pending:
-            for child in children.get(pending.pop(), []):
-                seen.append(child)
-                pending.append(child.pid)
-        found[name] = seen
-    return found
-
-
-def end(processes: list[psutil.Process], *, grace: float = TERM_GRACE) -> list[int]:
-    """SIGTERM the processes still alive, SIGKILL after `grace`; the pids that had to be ended."""
-    alive = []
-    for process in processes:
-        try:
-            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-                process.terminate()
-                alive.append(process)
-        except psutil.Error:
-            continue
-    _, stubborn = psutil.wait_procs(alive, timeout=grace)
-    for process in stubborn:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(stubborn, timeout=grace)
-    return [p.pid for p in alive]

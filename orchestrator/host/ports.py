@@ -58,7 +58,8 @@ from typing import Any
 
 import psutil
 
-from orchestrator.host.probes import _host_port
+from orchestrator.host import processes
+from orchestrator.core.addresses import split_host_port
 
 COMMAND_CHARS = 80        # longest command line quoted in a message
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -92,7 +93,7 @@ def owner_problem(target: str, kind: str, pids: Iterable[int]) -> str | None:
     addresses = _addresses(host)
     if not addresses:
         return None
-    tree = _tree(roots)
+    tree = processes.tree(roots)
     listeners, complete = _tree_listeners(tree, port)
     best = _best_score(listeners, addresses)
     if best >= WILDCARD or not complete:
@@ -114,7 +115,7 @@ def _endpoint(target: str, kind: str) -> tuple[str, int] | None:
     """(host, port) a tcp or http probe connects to; None for exec probes and targets that do not parse."""
     try:
         if kind == "tcp":
-            host, port = _host_port(target)
+            host, port = split_host_port(target)
         elif kind == "http":
             url = urllib.parse.urlsplit(target)
             host, port = url.hostname or "", url.port or _DEFAULT_PORTS.get(url.scheme.lower(), 0)
@@ -163,20 +164,6 @@ def _display(host: str, port: int) -> str:
 
 
 # the tree and its sockets ------------------------------------------------------------------------
-
-def _tree(roots: list[int]) -> list[psutil.Process]:
-    """The processes of `roots` and all their descendants that still exist, each once."""
-    members: dict[int, psutil.Process] = {}
-    for pid in roots:
-        try:
-            root = psutil.Process(pid)
-            found = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            continue
-        for process in found:
-            members.setdefault(process.pid, process)
-    return list(members.values())
-
 
 def _tree_listeners(tree: list[psutil.Process], port: int) -> tuple[list[_Listener], bool]:
     """The tree's listening sockets on `port`, and whether every member's sockets could be read."""

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from orchestrator.core.addresses import split_host_port
 from orchestrator.core.model import Probe
 
 DETAIL_CHARS = 200      # longest body snippet or output line quoted in a detail
@@ -135,17 +136,9 @@ def _pause(until: float, alive: Callable[[], str | None], clock: Callable[[], fl
 
 # tcp ---------------------------------------------------------------------------------------------
 
-def _host_port(target: str) -> tuple[str, int]:
-    """"HOST:PORT" or "[V6]:PORT" -> (host, port)."""
-    host, _, port = target.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
 def _check_tcp(target: str, timeout: float) -> tuple[bool, str]:
     try:
-        host, port = _host_port(target)
+        host, port = split_host_port(target)
     except ValueError:
         return False, f"cannot connect to {target}: not HOST:PORT"
     deadline = time.monotonic() + timeout

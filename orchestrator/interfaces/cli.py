@@ -25,14 +25,15 @@ import click
 
 from orchestrator import __version__
 from orchestrator.config import schema
-from orchestrator.core import graph
+from orchestrator.core import graph, names
 from orchestrator.host import orphans
 from orchestrator.operations import control, lifecycle, status
 from orchestrator.state import runtime
 from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyError, ApplyReport, apply, client_for, compute
 from orchestrator.supervisord.client import Client
-from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path
+from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
+from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.core.model import ManifestSet
@@ -201,12 +202,12 @@ def render_command(options: Options, out: str | None) -> None:
     are kept.
     """
     manifests = options.load()
-    rendering = render.render(manifests, programs_dir=render.PROGRAMS_DIR if out else None)
+    rendering = render.render(manifests, programs_dir=names.PROGRAMS_DIR if out else None)
     if out:
-        for path in rendering.write(out):
+        for path in write_tree(out, rendering.files):
             click.echo(display_path(os.path.abspath(path)))
         return
-    for index, (rel, text) in enumerate(sorted(rendering.files.items(), key=lambda kv: (kv[0] != render.MAIN_CONFIG, kv[0]))):
+    for index, (rel, text) in enumerate(sorted(rendering.files.items(), key=lambda kv: (kv[0] != names.MAIN_CONFIG, kv[0]))):
         if index:
             click.echo()
         click.echo(f"; ==> {rel} <==")
@@ -386,8 +387,7 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     agents = dict(current.agents) if current else {}
     unknown = [n for n in names if n not in agents]
     if unknown:
-        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(agents)) or 'none'})")
+        raise unknown_agents(unknown, agents)
     client = Client(lifecycle.socket_of(state_dir))
     lifecycle.require_running(state_dir, client, shown_as=display_path(state_dir))
     live = runtime.load(state_dir)

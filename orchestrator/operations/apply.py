@@ -22,10 +22,11 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from orchestrator.core.names import is_internal
 from orchestrator.state import runtime
 from orchestrator.supervisord import render
 from orchestrator.supervisord.client import Client, NotRunningError
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.errors import OrchestratorError, not_running_message
 from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
@@ -82,7 +83,7 @@ def apply(manifests: ManifestSet, *, message: str = "", progress: Callable[[Even
     history = History(manifests.state_dir)
     with history.lock():
         if not client.is_running():
-            raise NotRunningError(f"supervisord is not running for {manifests.state_dir} (start it with `orchestrator up`)")
+            raise NotRunningError(not_running_message(manifests.state_dir))
         return converge(manifests, client, history, message=message, progress=progress, say=say)
 
 
@@ -175,18 +176,18 @@ def _refresh_internal(client: Client, added: list[str], changed: list[str], remo
                       say: Callable[[str], None]) -> None:
     """orchestrator's own programs (names starting with '_') follow their configuration at once."""
     for name in removed:
-        if name.startswith("_"):
+        if is_internal(name):
             client.stop_group(name)
             client.remove_group(name)
     for name in changed:
-        if name.startswith("_"):
+        if is_internal(name):
             client.stop_group(name)
             client.remove_group(name)
             client.add_group(name)
             client.start_group(name)
             say(f"  {name}: restarted with its new configuration")
     for name in added:
-        if name.startswith("_"):
+        if is_internal(name):
             client.add_group(name)
             client.start_group(name)
 

@@ -14,25 +14,22 @@ nothing restarts automatically and apply and start refuse, until
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-import psutil
-
-from orchestrator.host import orphans
+from orchestrator.core.names import is_internal
+from orchestrator.host import orphans, processes
 from orchestrator.state import runtime
 from orchestrator.operations.apply import mark_stopping
 from orchestrator.operations.stopping import stop_in_order
-from orchestrator.supervisord.client import UP_STATES, Client, SupervisorError
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.processes import UP_STATES
+from orchestrator.supervisord.client import Client, SupervisorError
+from orchestrator.core.errors import OrchestratorError, unknown_agents
 from orchestrator.core.graph import Graph
 from orchestrator.state.history import History
 from orchestrator.core.model import Agent
 from orchestrator.operations.sequencer import Event, Result, Sequencer
-import contextlib
 
 EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
 LATCH_LOCK_TIMEOUT = 5.0  # an emergency stop does not wait longer than this for the runtime lock
@@ -49,8 +46,7 @@ def _check(names: Iterable[str], agents: Mapping[str, Agent]) -> list[str]:
     names = list(names)
     unknown = [n for n in names if n not in agents]
     if unknown:
-        raise OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
-                                f"(known: {', '.join(sorted(agents))})")
+        raise unknown_agents(unknown, agents)
     return names
 
 
@@ -129,25 +125,8 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
         except SupervisorError as exc:
             report.problems.append(f"supervisord did not take the stop: {exc}")
     victims = orphans.find(state_dir, agents_only=True)
-    groups: set[int] = set()
-    for process in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            groups.add(os.getpgid(process.pid))
-    for pgid in groups:
-        _signal_group(pgid, signal.SIGTERM)
-    for member in victims:  # children that left the agent's process group
-        _signal(member, signal.SIGTERM)
     report.signalled = len(victims)
-    say(f"SIGTERM sent to {len(victims)} process(es) in {len(groups)} process group(s)")
-    _, alive = psutil.wait_procs(victims, timeout=deadline)
-    if alive:
-        for pgid in groups:
-            _signal_group(pgid, signal.SIGKILL)
-        for member in alive:
-            _signal(member, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=deadline)
-        report.killed = len(alive)
-        say(f"SIGKILL sent to {len(alive)} process(es) still alive after {deadline:g}s")
+    report.killed = processes.end_groups(victims, deadline=deadline, say=say)
     try:
         with runtime.changing(state_dir, timeout=LATCH_LOCK_TIMEOUT) as live:
             live.latch = runtime.Latch(since=time.time(), reason=reason)
@@ -159,21 +138,6 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
         report.problems.append(f"the latch could not be recorded in {state_dir}: {why}; the agents were stopped, but "
                                "a start or apply is not refused until it is (emergency-stop again once that is fixed)")
     return report
-
-
-def is_internal(group: str) -> bool:
-    """orchestrator's own programs (the listener) are groups whose names start with '_': not agents."""
-    return group.startswith("_")
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _signal(process: psutil.Process, signum: int) -> None:
-    with contextlib.suppress(psutil.Error):
-        process.send_signal(signum)
 
 
 def emergency_clear(state_dir: str) -> runtime.Latch | None:

@@ -16,15 +16,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
-import psutil
 
-from orchestrator.host import orphans
+from orchestrator.host import orphans, processes
 from orchestrator.state import runtime
+from orchestrator.core import names
 from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyReport, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.supervisord.client import Client, SupervisorError
-from orchestrator.core.errors import StateError
+from orchestrator.core.errors import StateError, not_running_message
 from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
 from orchestrator.core.model import ManifestSet
 from orchestrator.operations.sequencer import Event
@@ -48,11 +48,11 @@ def refuse_if_hung(state_dir: str, client: Client) -> None:
     try:
         with open(os.path.join(state_dir, "supervisord.pid"), encoding="utf-8") as handle:
             pid = int(handle.read().strip())
-        if "supervisord" in " ".join(psutil.Process(pid).cmdline()):
-            raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path} (hung); "
-                             f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
-    except (OSError, ValueError, psutil.Error):
+    except (OSError, ValueError):
         return
+    if processes.is_running_command(pid, "supervisord"):
+        raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path} (hung); "
+                         f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
 
 
 def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> None:
@@ -60,13 +60,13 @@ def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> No
     if client.is_running():
         return
     refuse_if_hung(state_dir, client)
-    raise StateError(f"supervisord is not running for {shown_as or state_dir} (start it with `orchestrator up`)")
+    raise StateError(not_running_message(shown_as or state_dir))
 
 
 def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:
     """Start supervisord from STATE/supervisord.conf and wait until it answers."""
     history = History(state_dir)
-    os.makedirs(os.path.join(state_dir, render.LOGS_DIR), exist_ok=True)
+    os.makedirs(os.path.join(state_dir, names.LOGS_DIR), exist_ok=True)
     refuse_if_hung(state_dir, client)
     ended = orphans.sweep(state_dir, say=say)
     if ended:
@@ -80,7 +80,7 @@ def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], No
     while not client.is_running():
         if time.monotonic() > deadline:
             raise StateError(f"supervisord did not answer on {client.socket_path} within {START_TIMEOUT:g}s; "
-                             f"see {os.path.join(state_dir, render.LOGS_DIR, 'supervisord.log')}")
+                             f"see {os.path.join(state_dir, names.LOGS_DIR, 'supervisord.log')}")
         time.sleep(0.05)
     _wait_for_listener(state_dir, client, deadline)
 
@@ -91,7 +91,7 @@ def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
     ready = os.path.join(state_dir, LISTENER_READY)
     while time.monotonic() < deadline:
         try:
-            listener = client.process(f"{render.LISTENER}:{render.LISTENER}").pid
+            listener = client.process(f"{names.LISTENER}:{names.LISTENER}").pid
             with open(ready, encoding="utf-8") as handle:
                 if listener and handle.read().strip() == str(listener):
                     return
@@ -150,7 +150,7 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
         _stand_down(state_dir, client)
         current = history.current()
         deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
-        names = sorted({p.group for p in client.processes() if not p.group.startswith("_")})
+        names = sorted({p.group for p in client.processes() if not names.is_internal(p.group)})
         mark_stopping(state_dir, names)
         failures = stop_in_order(client, names, deps, progress=lambda agent, what: say(f"  {agent}: {what}"))
         # supervisord retires one stopped group per pass of its loop while shutting down, and an
@@ -162,12 +162,8 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
         pid = client.pid()
         say("stopping supervisord")
         client.shutdown()
-        try:
-            psutil.Process(pid).wait(timeout=SHUTDOWN_TIMEOUT)
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.TimeoutExpired as exc:
-            raise StateError(f"supervisord (pid {pid}) did not exit within {SHUTDOWN_TIMEOUT:g}s") from exc
+        if not processes.wait_exit(pid, SHUTDOWN_TIMEOUT):
+            raise StateError(f"supervisord (pid {pid}) did not exit within {SHUTDOWN_TIMEOUT:g}s")
         ended = orphans.sweep(state_dir, say=say)
         if ended:
             say(f"ended {len(ended)} process(es) that outlived supervisord")

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 from orchestrator.host import ports, probes
 from orchestrator.state import runtime
-from orchestrator.supervisord.client import DOWN_STATES, RUNNING, Client, ProcessInfo, SupervisorError
+from orchestrator.core.processes import DOWN_STATES, ProcessInfo, RUNNING
+from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory
-from orchestrator.supervisord.render import process_names
+from orchestrator.core.names import process_names
 from orchestrator.operations.stopping import stop_in_order
 
 NO_PROBE_TIMEOUT = 30.0   # how long an agent without a readiness probe may take to reach RUNNING

@@ -4,7 +4,7 @@ Owned here: one row per supervisord process of an agent, with the fields of
 `status --output json` (name, agent, state, pid, uptime_seconds, restarts,
 cpu_percent, memory_rss_bytes, health, ready), the text table, and the
 verdict (every desired agent RUNNING and ready, or not). CPU and memory cover
-each agent's whole process tree, sampled over a short interval with psutil.
+each agent's whole process tree, sampled over a short interval (host.processes).
 Called by the cli.
 """
 
@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import psutil
 
+from orchestrator.core.names import is_internal
 from orchestrator.host import probes
-from orchestrator.supervisord.client import RUNNING, UP_STATES, Client, ProcessInfo
+from orchestrator.host.processes import sample as sample_trees
+from orchestrator.core.processes import ProcessInfo, RUNNING, UP_STATES
+from orchestrator.supervisord.client import Client
 from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory
-import contextlib
 
 CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
 CHECK_TIMEOUT = 2.0
@@ -48,37 +49,6 @@ class Row:
         return asdict(self)
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def _sample(pids: list[int]) -> dict[int, tuple[float | None, int | None]]:
-    """CPU percent (of one core) and RSS of each pid's process tree."""
-    trees = {pid: _tree(pid) for pid in pids}
-    for tree in trees.values():
-        for process in tree:
-            with contextlib.suppress(psutil.Error):
-                process.cpu_percent(None)
-    if trees:
-        time.sleep(CPU_SAMPLE)
-    figures: dict[int, tuple[float | None, int | None]] = {}
-    for pid, tree in trees.items():
-        cpu, rss, seen = 0.0, 0, False
-        for process in tree:
-            try:
-                cpu += process.cpu_percent(None)
-                rss += process.memory_info().rss
-                seen = True
-            except psutil.Error:
-                continue
-        figures[pid] = (round(cpu, 1), rss) if seen else (None, None)
-    return figures
-
-
 def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool]:
     """(health, ready) of an agent whose processes are `processes`."""
     if agent is None:
@@ -101,10 +71,10 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
     """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes():
-        if not process.group.startswith("_"):
+        if not is_internal(process.group):
             by_group.setdefault(process.group, []).append(process)
     wanted = sorted(set(agents) | set(by_group)) if not names else list(names)
-    figures = _sample([p.pid for g in wanted for p in by_group.get(g, []) if p.pid])
+    figures = sample_trees([p.pid for g in wanted for p in by_group.get(g, []) if p.pid], CPU_SAMPLE)
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
     rows = []

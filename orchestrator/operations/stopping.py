@@ -20,10 +20,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-import psutil
-
-from orchestrator.host import orphans
-from orchestrator.supervisord.client import DOWN_STATES, BadNameError, Client, SupervisorError
+from orchestrator.host import processes
+from orchestrator.core.processes import DOWN_STATES
+from orchestrator.supervisord.client import BadNameError, Client, SupervisorError
 from orchestrator.core.graph import Graph
 
 STOP_TIMEOUT = 120.0
@@ -52,14 +51,14 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
     for name in sorted(trees):
         if name in failures:
             continue
-        ended = orphans.end(trees[name], grace=LEFTOVER_GRACE)
+        ended = processes.end(trees[name], grace=LEFTOVER_GRACE)
         if ended:
             progress(name, f"ended {len(ended)} process(es) it left behind outside its process group "
                            f"(pid {', '.join(map(str, ended))})")
     return failures
 
 
-def _trees(client: Client, names: set[str]) -> dict[str, list[psutil.Process]]:
+def _trees(client: Client, names: set[str]) -> dict[str, list[processes.Process]]:
     """The descendants of each agent's processes, before they are stopped: whatever of them outlives the
     stop (a child that called setsid escapes supervisord's group signals) is ended afterwards."""
     if not names:
@@ -71,7 +70,7 @@ def _trees(client: Client, names: set[str]) -> dict[str, list[psutil.Process]]:
                 roots.setdefault(info.group, []).append(info.pid)
     except SupervisorError:
         return {}
-    return {name: tree for name, tree in orphans.descendants(roots).items() if tree}
+    return {name: tree for name, tree in processes.descendants(roots).items() if tree}
 
 
 def wait_stopped(client: Client, processes: Mapping[str, Iterable[str]], *, timeout: float = STOP_TIMEOUT,

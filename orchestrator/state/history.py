@@ -24,7 +24,6 @@ boot listener (current's agents).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -33,11 +32,12 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.core.errors import StateError
 from orchestrator.core.model import Agent, ManifestSet, agent_from_plain, to_plain
-from orchestrator.supervisord.render import MAIN_CONFIG, PROGRAMS_DIR, Rendering
+from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
+from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
 CURRENT = "current"
@@ -68,37 +68,11 @@ class Version:
         return f"{self.number:04d}"
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Replace the file at `path` with `text`: a reader sees the old file or the new one, whole."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+class RenderedFiles(Protocol):
+    """What a version stores of a rendered configuration (supervisord.render.Rendering is one)."""
 
-
-def _make_private(root: str) -> None:
-    """Files 0600 and directories 0700 below `root` (copytree copies each directory's mode)."""
-    for directory, _dirs, files in os.walk(root):
-        os.chmod(directory, 0o700)
-        for name in files:
-            os.chmod(os.path.join(directory, name), 0o600)
-
-
-def _point(link: str, target: str) -> None:
-    """Make `link` a symlink to `target`, atomically (a new link renamed over the old one)."""
-    tmp = f"{link}.tmp-{os.getpid()}"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
+    @property
+    def files(self) -> Mapping[str, str]: ...
 
 
 CLAIM = "up.claim"
@@ -165,17 +139,8 @@ class History:
     @contextmanager
     def lock(self, *, wait: bool = True) -> Iterator[bool]:
         """Hold the state directory's apply lock; yields False (without waiting) when `wait` is off and it is taken."""
-        os.makedirs(self.state_dir, exist_ok=True)
-        with open(os.path.join(self.state_dir, LOCK), "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with exclusive(os.path.join(self.state_dir, LOCK), wait=wait) as held:
+            yield held
 
     def numbers(self) -> list[int]:
         if not os.path.isdir(self.root):
@@ -224,14 +189,14 @@ class History:
                        env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main,
                        manifests_dir=meta.get("manifests_dir", ""))
 
-    def record(self, manifests: ManifestSet, rendering: Rendering, *, message: str = "") -> Version:
+    def record(self, manifests: ManifestSet, rendering: RenderedFiles, *, message: str = "") -> Version:
         """Write a new version and make it live (the caller holds the lock)."""
         os.makedirs(self.root, exist_ok=True)
         number = (self.numbers() or [0])[-1] + 1
         final = os.path.join(self.root, f"{number:04d}")
         scratch = tempfile.mkdtemp(dir=self.root, prefix=".tmp-")
         try:
-            rendering.write(scratch)
+            write_tree(scratch, rendering.files)
             snapshot = os.path.join(scratch, "manifests")
             os.makedirs(snapshot)
             for part in _MANIFEST_PARTS:
@@ -241,7 +206,7 @@ class History:
                     shutil.copytree(source, os.path.join(snapshot, part), copy_function=shutil.copyfile)
                 elif os.path.isfile(source):
                     shutil.copyfile(source, os.path.join(snapshot, part))
-            _make_private(snapshot)
+            make_private(snapshot)
             agents = {a.name: to_plain(a) for a in manifests.agents}
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
@@ -251,9 +216,9 @@ class History:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        _point(os.path.join(self.state_dir, CURRENT), os.path.join(HISTORY, f"{number:04d}"))
+        point(os.path.join(self.state_dir, CURRENT), os.path.join(HISTORY, f"{number:04d}"))
         if not os.path.islink(self.config_path):
-            _point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))
+            point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))
         return self._read(final)
 
     def mark(self, version: Version, status: str, **details: Any) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import time
@@ -36,12 +35,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.state.history import write_atomically
+from orchestrator.core.names import EXITS_DIR, RUNTIME_DIR
+from orchestrator.state.files import LockBusy, exclusive, write_atomically
 from orchestrator.core.policies import AgentHistory
 
 FILE = "runtime.json"
-AGENTS_DIR = "runtime"
-EXITS_DIR = "exits"   # runtime/exits/GROUP:PROCESS: how a process last ended, written by supervisord's extension
+AGENTS_DIR = RUNTIME_DIR
 _SUFFIX = ".json"
 
 
@@ -203,25 +202,11 @@ class LockTimeout(OrchestratorError):
 @contextmanager
 def locked(state_dir: str, *, timeout: float | None = None) -> Iterator[None]:
     """Hold the runtime lock (every read-modify-write of the runtime files holds it); at most `timeout` s of waiting."""
-    os.makedirs(state_dir, exist_ok=True)
-    with open(os.path.join(state_dir, FILE + ".lock"), "a+") as lock:
-        if timeout is None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        else:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LockTimeout(f"the runtime state in {state_dir} stayed locked by another process "
-                                          f"for {timeout:g}s") from None
-                    time.sleep(0.02)
-        try:
+    try:
+        with exclusive(os.path.join(state_dir, FILE + ".lock"), timeout=timeout):
             yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    except LockBusy:
+        raise LockTimeout(f"the runtime state in {state_dir} stayed locked by another process for {timeout:g}s") from None
 
 
 @contextmanager

@@ -16,18 +16,12 @@ import http.client
 import socket
 import threading
 import xmlrpc.client
-from dataclasses import dataclass
 from typing import Any
 
 from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from orchestrator.core.errors import OrchestratorError
-
-# supervisord's process states (supervisor/states.py), by name.
-STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN = (
-    "STOPPED", "STARTING", "RUNNING", "BACKOFF", "STOPPING", "EXITED", "FATAL", "UNKNOWN")
-UP_STATES = frozenset({STARTING, RUNNING})
-DOWN_STATES = frozenset({STOPPED, EXITED, FATAL})
+from orchestrator.core.processes import DOWN_STATES, ProcessInfo
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -72,35 +66,6 @@ _FAULT_ERRORS: dict[int, type[SupervisorError]] = {
     Faults.STILL_RUNNING: StillRunningError,
 }
 _IDEMPOTENT = frozenset({Faults.ALREADY_STARTED, Faults.NOT_RUNNING, Faults.ALREADY_ADDED})
-
-
-@dataclass(frozen=True)
-class ProcessInfo:
-    """One supervisord process, as getProcessInfo describes it."""
-
-    name: str
-    group: str
-    state: str
-    pid: int
-    start: int
-    now: int
-    exitstatus: int
-    spawnerr: str
-    description: str
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.group}:{self.name}"
-
-    @property
-    def uptime(self) -> float:
-        return float(self.now - self.start) if self.state in UP_STATES and self.start else 0.0
-
-    @classmethod
-    def from_rpc(cls, info: dict[str, Any]) -> ProcessInfo:
-        return cls(name=info["name"], group=info["group"], state=info["statename"], pid=info["pid"],
-                   start=info["start"], now=info["now"], exitstatus=info["exitstatus"],
-                   spawnerr=info.get("spawnerr", ""), description=info.get("description", ""))
 
 
 class _Connection(UnixStreamHTTPConnection):  # type: ignore[misc]

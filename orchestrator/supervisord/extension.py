@@ -12,7 +12,7 @@ again falls from about a second to a few tens of milliseconds.
 
 It adds one RPC namespace: `orchestrator.ping`; `orchestrator.getConfigHashes`,
 which answers the configuration hash of each group as supervisord holds it
-(see `render.CONFIG_MARKER`), read-only; `orchestrator.getProcessTimes`, a
+(see `core.names.CONFIG_MARKER`), read-only; `orchestrator.getProcessTimes`, a
 process's last start and stop to the microsecond; and `orchestrator.startOnce`, a start
 that happens at most once per restart decision, for the restart keeper.
 Only supervisord imports this module.
@@ -28,8 +28,8 @@ from typing import Any
 from supervisor import events
 from supervisor.medusa import asyncore_25 as asyncore
 
-# render.CONFIG_MARKER, repeated: importing render would load jinja2 into supervisord (a unit test pins the two)
-CONFIG_MARKER = "ORCHESTRATOR_CONFIG"
+from orchestrator.core.names import CONFIG_MARKER, EXITS_DIR, MARKER, RUNTIME_DIR
+
 
 
 class _Waker:
@@ -127,8 +127,6 @@ class OrchestratorNamespace:
         return hashes
 
 
-EXITS_DIR = "exits"  # below the state directory's runtime/: runtime.EXITS_DIR (not imported, as CONFIG_MARKER)
-STATE_MARKER = "ORCHESTRATOR_STATE_DIR"  # render.MARKER
 
 
 def note_exit(event: Any) -> None:
@@ -142,13 +140,13 @@ def note_exit(event: Any) -> None:
     """
     process = event.process
     environment = process.config.environment or {}
-    state_dir = environment.get(STATE_MARKER)
+    state_dir = environment.get(MARKER)
     group = process.group.config.name if process.group is not None else ""
     if not state_dir or not group or CONFIG_MARKER not in environment:
         return  # not an agent of ours
     pid = dict(event.extra_values).get("pid", process.pid)
     status = -1 if process.exitstatus is None else int(process.exitstatus)
-    directory = os.path.join(state_dir, "runtime", EXITS_DIR)
+    directory = os.path.join(state_dir, RUNTIME_DIR, EXITS_DIR)
     path = os.path.join(directory, f"{group}:{process.config.name}")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -29,24 +29,9 @@ import jinja2
 from orchestrator.core import svsyntax
 from orchestrator.core.errors import Diagnostic, Location, RenderError
 from orchestrator.core.model import Agent, ManifestSet
+from orchestrator.core.names import (CONFIG_MARKER, ENV_MARKER, LISTENER, LIVE_DIR, LOGS_DIR, MAIN_CONFIG,
+                                     MANIFESTS_MARKER, MARKER, PROGRAMS_DIR)
 
-MAIN_CONFIG = "supervisord.conf"
-PROGRAMS_DIR = "programs"
-LOGS_DIR = "logs"
-LIVE_DIR = "current"         # the live version in the state directory (see history)
-LISTENER = "_orchestrator"   # orchestrator's own event listener; agent names cannot start with '_'
-# Every process orchestrator starts carries this variable, naming its state
-# directory: how orphans of a killed supervisord are found (and nothing else).
-MARKER = "ORCHESTRATOR_STATE_DIR"
-# Every agent process also carries the hash of the program section it was started from, so a
-# process still running an older configuration (after an interrupted apply) is never taken for
-# an up-to-date one: plan compares it with the hash of what it would render now.
-CONFIG_MARKER = "ORCHESTRATOR_CONFIG"
-# orchestrator's listener also carries the manifests directory (and environment) it was rendered from,
-# so `down`, `status` and `emergency-stop` find a running project's state directory from its processes
-# when neither --state-dir nor the pointer `up` leaves names it (see orphans.state_dirs_of).
-MANIFESTS_MARKER = "ORCHESTRATOR_MANIFESTS"
-ENV_MARKER = "ORCHESTRATOR_ENV"
 _PENDING_HASH = "PENDINGCONFIGHASH"
 _PENDING_RE = re.compile(CONFIG_MARKER + r'=(["\']?)' + _PENDING_HASH)
 
@@ -55,13 +40,6 @@ def _with_hash(program: str) -> tuple[str, str]:
     """A rendered program section with its own hash filled in (the hash of the section as rendered before)."""
     digest = hashlib.sha256(program.encode("utf-8")).hexdigest()[:16]
     return _PENDING_RE.sub(lambda m: f"{CONFIG_MARKER}={m.group(1)}{digest}", program, count=1), digest
-
-
-def process_names(agent: Agent) -> list[str]:
-    """supervisord's full names (`group:process`) of the agent's processes, as program.conf.j2 names them."""
-    if agent.replicas == 1:
-        return [f"{agent.name}:{agent.name}"]
-    return [f"{agent.name}:{agent.name}_{i}" for i in range(agent.replicas)]
 
 
 def launch_argv(agent: Agent) -> list[str]:
@@ -104,7 +82,7 @@ def _sv_value(value: object) -> str:
 def _sv_command(argv: Iterable[str]) -> str:
     argv = list(argv)
     for arg in argv:
-        if _LINE_BREAK.search(arg):  # anything else in an argument, quote_command writes safely
+        if svsyntax.breaks_line(arg):  # anything else in an argument, quote_command writes safely
             raise RenderError(f"cannot write command argument {arg!r}: it contains a line break")
     return svsyntax.quote_command(argv)
 
@@ -150,24 +128,6 @@ class Rendering:
 
     def program(self, name: str) -> str:
         return self.files[f"{PROGRAMS_DIR}/{name}.conf"]
-
-    def write(self, out_dir: str) -> list[str]:
-        """Write every file below `out_dir` (each atomically: temp file, then rename); the paths written."""
-        written = []
-        for rel, text in sorted(self.files.items()):
-            path = os.path.join(out_dir, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-            written.append(path)
-        return written
 
 
 def socket_path(manifests: ManifestSet, state_dir: str | None = None) -> str:
@@ -224,7 +184,6 @@ def _render(env: jinja2.Environment, name: str, common: Mapping[str, Any], agent
         raise RenderError(f"template {name}: {exc}") from exc
 
 
-_LINE_BREAK = re.compile(r"[\n\r\x00]")
 _SECTION = re.compile(r"section '?\[?program:([a-z0-9_-]+)")
 _FILE_NOTE = re.compile(r"\s*\(file: '[^']*'\)")
 
@@ -251,7 +210,8 @@ def check(manifests: ManifestSet, *, templates: Path | None = None) -> list[Diag
         return found
     with tempfile.TemporaryDirectory(prefix="orchestrator-check-") as scratch:
         rendering = render(manifests, state_dir=scratch, templates=templates, single_file=True)
-        rendering.write(scratch)
+        with open(os.path.join(scratch, MAIN_CONFIG), "w", encoding="utf-8") as handle:  # single_file: all in one
+            handle.write(rendering.main)
         os.makedirs(os.path.join(scratch, LOGS_DIR), exist_ok=True)
         options = ServerOptions()
         options.configfile = os.path.join(scratch, MAIN_CONFIG)

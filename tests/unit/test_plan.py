@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.supervisord.client import ProcessInfo
+from orchestrator.core.processes import ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, Probe, Settings
 from orchestrator.core.plan import Observed, plan, to_lines
 

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from supervisor.options import ServerOptions
 
+from orchestrator.state.files import write_tree
 from orchestrator.supervisord import render
 from orchestrator.interfaces.cli import cli
 from orchestrator.core.errors import ManifestError
@@ -71,7 +72,7 @@ def test_rendering_is_byte_stable(name):
 def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_path):
     manifests = _load(name, state_dir=str(tmp_path))
     rendering = render.render(manifests)
-    rendering.write(str(tmp_path / "current"))  # the live version, as history lays it out
+    write_tree(str(tmp_path / "current"), rendering.files)  # the live version, as history lays it out
     (tmp_path / "supervisord.conf").symlink_to("current/supervisord.conf")
     (tmp_path / "logs").mkdir()
     options = ServerOptions()
@@ -124,7 +125,7 @@ def test_resources_are_applied_by_exec_wrappers_that_keep_the_agents_pid():
 
 def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):
     rendering = render.render(_load("default"))
-    written = rendering.write(str(tmp_path / "out"))
+    written = write_tree(str(tmp_path / "out"), rendering.files)
     assert sorted(Path(p).relative_to(tmp_path / "out").as_posix() for p in written) == sorted(rendering.files)
     assert not [p for p in (tmp_path / "out").rglob(".tmp-*")]
 
@@ -148,14 +149,3 @@ def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_ag
     assert f"files = {render.PROGRAMS_DIR}/*.conf" in (out / render.MAIN_CONFIG).read_text().splitlines()
     included = sorted(info.split('"')[1] for info in options.parse_infos if info.startswith("Included extra file"))
     assert included == sorted(str(out / render.PROGRAMS_DIR / f"{name}.conf") for name in manifests.names)
-
-
-def test_supervisord_extension_reads_the_same_configuration_marker_that_render_writes():
-    from orchestrator.supervisord import extension as wakeup
-    assert wakeup.CONFIG_MARKER == render.CONFIG_MARKER
-
-
-def test_supervisord_extension_names_the_state_marker_and_exit_notes_as_render_and_runtime_do():
-    from orchestrator.state import runtime
-    from orchestrator.supervisord import extension as wakeup
-    assert wakeup.STATE_MARKER == render.MARKER and wakeup.EXITS_DIR == runtime.EXITS_DIR

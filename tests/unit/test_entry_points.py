@@ -1,0 +1,39 @@
+"""The module paths a rendered configuration names are pinned: a supervisord restarted from an older
+version's `current/` after an upgrade runs the same listener command and loads the same extension factory,
+so these two paths never move."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.config.manifest import LoadOptions, load
+from orchestrator.supervisord import render
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+LISTENER_MODULE = "orchestrator.listener"
+EXTENSION_FACTORY = "orchestrator.wakeup:make_interface"
+
+
+def _main_config(tmp_path: Path) -> str:
+    manifests = load(LoadOptions(str(FIXTURES / "valid" / "rich"), state_dir=str(tmp_path / "state"), check_commands=False))
+    return render.render(manifests).main
+
+
+def test_the_rendered_configuration_names_the_pinned_listener_and_extension(tmp_path):
+    text = _main_config(tmp_path)
+    assert f"supervisor.rpcinterface_factory = {EXTENSION_FACTORY}" in text.splitlines()
+    command = next(line for line in text.splitlines() if line.startswith("command=") and LISTENER_MODULE in line)
+    assert f" -m {LISTENER_MODULE} --state-dir " in command
+
+
+def test_the_pinned_paths_load_and_the_extension_brings_no_template_or_yaml_library_into_supervisord():
+    module, factory = EXTENSION_FACTORY.split(":")
+    probe = (f"import importlib, json, sys; m = importlib.import_module({module!r}); "
+             f"loaded = sorted(n for n in ('jinja2', 'ruamel', 'click', 'psutil') if n in sys.modules); "
+             f"import {LISTENER_MODULE} as listener; "
+             f"print(json.dumps([callable(getattr(m, {factory!r})), callable(listener.main), loaded]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [True, True, []]

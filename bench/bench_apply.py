@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import check, free_ports, listening_dag_set, stop_everything, terminate_as_interrupt  # noqa: E402
-from orchestrator import orphans  # noqa: E402
+from orchestrator.host import orphans  # noqa: E402
 from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, LEVELS, DELAY, RUNS = 200, 10, 0.3, 3

@@ -57,6 +57,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common  # noqa: E402
 from bench.common import (  # noqa: E402
     baseline_conf, cpu, listener_of, percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
 from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
@@ -80,21 +81,6 @@ command: ["{script}", "{stamps}/{name}"]
 min_uptime: 0s
 restart: {{policy: exponential-backoff, delay: {delay}s, multiplier: {multiplier}, max_delay: {max_delay}s,
           max_attempts: 1000, window: 10m}}
-"""
-
-
-PROGRAM = """
-[program:{name}]
-command={script} {stamps}/{name}
-autostart=true
-autorestart=true
-startsecs=0
-startretries=1000
-stopasgroup=true
-killasgroup=true
-environment={mark}="{tmp}"
-stdout_logfile={dir}/logs/{name}.out.log
-stderr_logfile={dir}/logs/{name}.err.log
 """
 
 
@@ -218,7 +204,8 @@ def main() -> None:
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
     conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
-        PROGRAM.format(name=name, script=script, stamps=base_stamps, dir=base_dir, mark=MARK, tmp=tmp) for name in programs))
+        common.baseline_program(name, f"{script} {base_stamps}/{name}", base_dir, autorestart=True,
+                                settings=["startretries=1000", f'environment={MARK}="{tmp}"']) for name in programs))
 
     kept_logs: Path | None = None
     ours: Gaps | None = None

@@ -45,8 +45,9 @@ from supervisor.xmlrpc import SupervisorTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common  # noqa: E402
 from bench.common import baseline_conf, check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
-from orchestrator import orphans  # noqa: E402
+from orchestrator.host import orphans  # noqa: E402
 from orchestrator.operations.lifecycle import socket_of  # noqa: E402
 from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
@@ -62,21 +63,6 @@ name: {name}
 command: ["{sleep}", "3600"]
 depends_on: [{deps}]
 min_uptime: 0s
-"""
-
-
-PROGRAM = """
-[program:{name}]
-command={sleep} 3600
-autostart=true
-autorestart=false
-startsecs=0
-priority={priority}
-stopasgroup=true
-killasgroup=true
-environment={mark}="{tmp}"
-stdout_logfile={dir}/logs/{name}.out.log
-stderr_logfile={dir}/logs/{name}.err.log
 """
 
 
@@ -178,7 +164,8 @@ def main() -> None:
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
     conf.write_text(baseline_conf(base_dir, minprocs=400) + "".join(
-        PROGRAM.format(name=name, sleep=SLEEP, priority=index + 1, mark=MARK, tmp=tmp, dir=base_dir)
+        common.baseline_program(name, f"{SLEEP} 3600", base_dir, autorestart=False,
+                                settings=[f"priority={index + 1}", f'environment={MARK}="{tmp}"'])
         for index, name in enumerate(programs)))
 
     ups: list[float] = []

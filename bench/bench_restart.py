@@ -54,6 +54,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import common  # noqa: E402
 from bench.common import baseline_conf, check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
 from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
@@ -71,19 +72,6 @@ echo "$({date} +%s.%N) $$" >> "$1"
 exec {sleep} 3600
 """
 
-
-PROGRAM = """
-[program:{name}]
-command={script} {stamps}/{name}
-autostart=true
-autorestart=true
-startsecs=0
-startretries=1000
-stopasgroup=true
-killasgroup=true
-stdout_logfile={dir}/logs/{name}.out.log
-stderr_logfile={dir}/logs/{name}.err.log
-"""
 
 AGENT = """\
 name: {name}
@@ -260,7 +248,8 @@ def main() -> None:
     (base_dir / "logs").mkdir(parents=True)
     conf = base_dir / "supervisord.conf"
     conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
-        PROGRAM.format(name=name, script=script, stamps=stamps, dir=base_dir) for name in programs))
+        common.baseline_program(name, f"{script} {stamps}/{name}", base_dir, autorestart=True,
+                                settings=["startretries=1000"]) for name in programs))
 
     pollers: list[Poller] = []
     idle_cpu: dict[str, float] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import dag_set, median_seconds, run  # noqa: E402
-from orchestrator import render  # noqa: E402
+from orchestrator.supervisord import render  # noqa: E402
 from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, LEVELS, RUNS, GOAL = 500, 10, 7, 2.0

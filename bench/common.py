@@ -258,6 +258,16 @@ def baseline_conf(directory: object, *, minprocs: int) -> str:
     return _BASELINE_CONF.format(dir=directory, minprocs=minprocs)
 
 
+def baseline_program(name: str, command: str, directory: object, *, autorestart: bool,
+                     settings: Sequence[str] = ()) -> str:
+    """A plain supervisord program section for a baseline: `command`, logs in `directory`/logs, the whole
+    process group signalled on stop; `settings` are further `key=value` lines."""
+    lines = [f"[program:{name}]", f"command={command}", "autostart=true", f"autorestart={str(autorestart).lower()}",
+             "startsecs=0", *settings, "stopasgroup=true", "killasgroup=true",
+             f"stdout_logfile={directory}/logs/{name}.out.log", f"stderr_logfile={directory}/logs/{name}.err.log"]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def cpu(process: psutil.Process) -> float:
     """CPU seconds (user + system) a process has used."""
     times = process.cpu_times()

@@ -59,8 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 from bench.common import (  # noqa: E402
-    baseline_conf, cpu, listener_of, percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
-from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
+    cpu, listener_of, percentile, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv)
 
 AGENTS, WINDOW, GOAL, OVERDUE = 200, 30.0, 0.100, 1.0
 DELAY, MULTIPLIER, MAX_DELAY, RUN_FOR = 0.1, 2.0, 2.0, 0.1
@@ -190,22 +189,17 @@ def main() -> None:
     base_stamps.mkdir()
 
     agents = [f"a-{i:03d}" for i in range(AGENTS)]
-    manifests = tmp / "m"
-    (manifests / "agents").mkdir(parents=True)
-    (manifests / "orchestrator.yaml").write_text("project: bench\n")
-    for name in agents:
-        (manifests / "agents" / f"{name}.yaml").write_text(AGENT.format(
-            name=name, script=script, stamps=ours_stamps, delay=DELAY, multiplier=f"{MULTIPLIER:g}", max_delay=f"{MAX_DELAY:g}"))
-    state_dir = load(LoadOptions(str(manifests))).state_dir
+    manifests, state_dir = common.agent_set(tmp, {name: AGENT.format(
+        name=name, script=script, stamps=ours_stamps, delay=DELAY, multiplier=f"{MULTIPLIER:g}", max_delay=f"{MAX_DELAY:g}")
+        for name in agents})
     up_command = up_argv(ORCHESTRATOR, manifests)
 
     programs = [f"p{i:03d}" for i in range(AGENTS)]
     base_dir = tmp / "b"
-    (base_dir / "logs").mkdir(parents=True)
-    conf = base_dir / "supervisord.conf"
-    conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
+    conf = common.baseline_set(base_dir, (
         common.baseline_program(name, f"{script} {base_stamps}/{name}", base_dir, autorestart=True,
-                                settings=["startretries=1000", f'environment={MARK}="{tmp}"']) for name in programs))
+                                settings=["startretries=1000", f'environment={MARK}="{tmp}"']) for name in programs),
+        minprocs=200)
 
     kept_logs: Path | None = None
     ours: Gaps | None = None

@@ -46,10 +46,9 @@ from supervisor.xmlrpc import SupervisorTransport
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.common import baseline_conf, check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
+from bench.common import check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
 from orchestrator.host import orphans  # noqa: E402
 from orchestrator.operations.lifecycle import socket_of  # noqa: E402
-from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
 
 AGENTS, RUNS, GOAL = 300, 3, 15.0
 SLEEP = "/bin/sleep"
@@ -150,23 +149,16 @@ def main() -> None:
         raise SystemExit(f"no {SLEEP}")
     tmp = Path(tempfile.mkdtemp(prefix="dn-", dir="/tmp"))  # short: the supervisord socket paths must fit
     agents = [f"c-{i:03d}" for i in range(AGENTS)]
-    manifests = tmp / "m"
-    (manifests / "agents").mkdir(parents=True)
-    (manifests / "orchestrator.yaml").write_text("project: bench\n")
-    for index, name in enumerate(agents):
-        (manifests / "agents" / f"{name}.yaml").write_text(
-            AGENT.format(name=name, sleep=SLEEP, deps=agents[index - 1] if index else ""))
-    state_dir = load(LoadOptions(str(manifests))).state_dir
+    manifests, state_dir = common.agent_set(tmp, {name: AGENT.format(name=name, sleep=SLEEP, deps=agents[index - 1] if index else "")
+                                                  for index, name in enumerate(agents)})
     up_command = up_argv(ORCHESTRATOR, manifests)
 
     programs = [f"p{i:03d}" for i in range(AGENTS)]
     base_dir = tmp / "b"
-    (base_dir / "logs").mkdir(parents=True)
-    conf = base_dir / "supervisord.conf"
-    conf.write_text(baseline_conf(base_dir, minprocs=400) + "".join(
+    conf = common.baseline_set(base_dir, (
         common.baseline_program(name, f"{SLEEP} 3600", base_dir, autorestart=False,
                                 settings=[f"priority={index + 1}", f'environment={MARK}="{tmp}"'])
-        for index, name in enumerate(programs)))
+        for index, name in enumerate(programs)), minprocs=400)
 
     ups: list[float] = []
     downs: list[float] = []

@@ -55,8 +55,7 @@ from supervisor.xmlrpc import SupervisorTransport
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
-from bench.common import baseline_conf, check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
-from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
+from bench.common import check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
 
 AGENTS, KILLS, QUIET, POLL_EVERY, FILE_POLL, TIMEOUT, IDLE_CPU, GOAL = 200, 15, 1.5, 0.010, 0.002, 5.0, 10.0, 0.025
 BUSY = 0.10  # share of a core under which the listener counts as quiet
@@ -236,20 +235,13 @@ def main() -> None:
     stamps.mkdir()
 
     agents = [f"a-{i:03d}" for i in range(AGENTS)]
-    manifests = tmp / "m"
-    (manifests / "agents").mkdir(parents=True)
-    (manifests / "orchestrator.yaml").write_text("project: bench\n")
-    for name in agents:
-        (manifests / "agents" / f"{name}.yaml").write_text(AGENT.format(name=name, script=script, stamps=stamps))
-    state_dir = load(LoadOptions(str(manifests))).state_dir
+    manifests, state_dir = common.agent_set(tmp, {name: AGENT.format(name=name, script=script, stamps=stamps) for name in agents})
 
     programs = [f"p{i:03d}" for i in range(AGENTS)]
     base_dir = tmp / "b"
-    (base_dir / "logs").mkdir(parents=True)
-    conf = base_dir / "supervisord.conf"
-    conf.write_text(baseline_conf(base_dir, minprocs=200) + "".join(
+    conf = common.baseline_set(base_dir, (
         common.baseline_program(name, f"{script} {stamps}/{name}", base_dir, autorestart=True,
-                                settings=["startretries=1000"]) for name in programs))
+                                settings=["startretries=1000"]) for name in programs), minprocs=200)
 
     pollers: list[Poller] = []
     idle_cpu: dict[str, float] = {}

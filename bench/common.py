@@ -7,9 +7,11 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import psutil
+
+from orchestrator.config.manifest import LoadOptions, load
 
 TEMPLATE = """\
 command: ["{{ python }}", "-c", "import time; time.sleep(3600)", "{{ name }}", "--port", "{{ vars.port }}"]
@@ -256,6 +258,24 @@ serverurl=unix://{dir}/s.sock
 def baseline_conf(directory: object, *, minprocs: int) -> str:
     """The main section of a plain supervisord configuration in `directory` (socket, log, pid file there): a baseline's."""
     return _BASELINE_CONF.format(dir=directory, minprocs=minprocs)
+
+
+def agent_set(root: Path, bodies: Mapping[str, str]) -> tuple[Path, str]:
+    """A manifest set in root/m with one agent file per name: (its directory, its state directory)."""
+    manifests = root / "m"
+    (manifests / "agents").mkdir(parents=True)
+    (manifests / "orchestrator.yaml").write_text("project: bench\n")
+    for name, body in bodies.items():
+        (manifests / "agents" / f"{name}.yaml").write_text(body)
+    return manifests, load(LoadOptions(str(manifests))).state_dir
+
+
+def baseline_set(base_dir: Path, sections: Iterable[str], *, minprocs: int) -> Path:
+    """A plain supervisord configuration in `base_dir` (with its logs/) holding `sections`: its path."""
+    (base_dir / "logs").mkdir(parents=True)
+    conf = base_dir / "supervisord.conf"
+    conf.write_text(baseline_conf(base_dir, minprocs=minprocs) + "".join(sections))
+    return conf
 
 
 def baseline_program(name: str, command: str, directory: object, *, autorestart: bool,

@@ -111,7 +111,7 @@ def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event],
     history = History(manifests.state_dir)
     client = Client(render.socket_path(manifests))
     with history.lock():
-        leave_pointer(manifests.manifests_dir, manifests.state_dir, manifests.env)
+        leave_pointer(manifests.origin_dir, manifests.state_dir, manifests.env)
         if not client.is_running():
             rendering = render.render(manifests)
             current = history.current()

@@ -272,7 +272,7 @@ def _confirm_changed(yes: bool) -> Confirm:
     """apply's question when the plan changed under its lock: the new plan is shown, and asked about again on a
     terminal (unless --yes); without a terminal, or with --yes, it is carried out, saying so."""
     def confirm(shown: Plan, new: Plan) -> bool:
-        click.echo(click.style("The plan changed since it was shown (the running agents or the live version "
+        click.echo(click.style("The plan changed since it was shown (the manifests, the live version or the running agents "
                                "changed). The new plan:", fg="yellow", bold=True), err=True)
         for line, color in to_lines(new):
             click.echo(click.style(line, fg=color) if color else line, err=True)

@@ -51,7 +51,7 @@ class PlanChangedError(OrchestratorError):
     """
 
     def __init__(self, shown: Plan, plan: Plan) -> None:
-        super().__init__("the plan changed since it was shown (the running agents or the live version changed); "
+        super().__init__("the plan changed since it was shown (the manifests, the live version or the running agents changed); "
                          "nothing was done: review the new plan and apply again")
         self.shown = shown
         self.plan = plan

@@ -21,12 +21,22 @@ vars, templated first; a var may refer to other vars as they are written), `agen
 `manifests_dir`, `state_dir` and `env(NAME[, DEFAULT])` for environment
 variables. An undefined name is an error, never an empty string.
 
+The project root: `project_dir` is the manifests directory's parent, and the
+default state directory is found from the manifests directory, except in a
+stored copy of a manifest set (history's `manifests/` of a version), which
+holds a small origin file (`model.ORIGIN_FILE`, written by history) naming the
+manifests directory it was copied from and its project root: the copy loads
+as that set did (same `project_dir`, `manifests_dir`, state directory, hence
+the same rendered configuration). Both are derived here once and carried by
+the `ManifestSet`.
+
 Called by `cli` and, later, by apply and history; `load` either returns a
 whole `ManifestSet` or raises one `ManifestError` with every diagnostic.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -99,6 +109,7 @@ class _Loader:
 
     def __post_init__(self) -> None:
         self.root = os.path.abspath(self.options.manifests_dir)
+        self.origin = self.root                      # replaced by a stored copy's origin (see read_origin)
         self.project_dir = os.path.dirname(self.root)
         self.environ = dict(os.environ if self.options.environ is None else self.options.environ)
         self.jinja = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
@@ -158,7 +169,8 @@ class _Loader:
                                             "holding orchestrator.yaml and agents/*.yaml; choose it with -m/--manifests "
                                             "or $ORCHESTRATOR_MANIFESTS)")])
         self.listing("")
-        if self.checker.diagnostics:  # the manifests directory itself cannot be listed
+        self.read_origin()
+        if self.checker.diagnostics:  # the manifests directory cannot be listed, or its origin file is unusable
             raise ManifestError(self.checker.diagnostics)
         overlay = self.load_overlay()
         settings_node, settings = self.load_settings(overlay)
@@ -190,7 +202,31 @@ class _Loader:
         agents = sorted((self.build(d) for d in drafts), key=lambda a: a.name)
         warnings = tuple(d for d in ManifestError(diagnostics).diagnostics if d.severity == "warning")
         return model.ManifestSet(settings=settings, agents=tuple(agents), manifests_dir=self.root,
-                                 state_dir=self.state_dir, env=self.options.env, warnings=warnings)
+                                 state_dir=self.state_dir, env=self.options.env, warnings=warnings,
+                                 origin_dir=self.origin, project_dir=self.project_dir)
+
+    def read_origin(self) -> None:
+        """A stored copy's origin: the manifests directory and project root it loads as (model.ORIGIN_FILE).
+
+        history owns the file (it writes it into every version's copy of the manifests); the loader
+        only reads it. Absent, the set is its own origin and the project root is its parent directory."""
+        path = os.path.join(self.root, model.ORIGIN_FILE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.loads(handle.read(65536))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.error(Location(path), "", f"cannot read the origin of this stored manifest set: {exc} "
+                       "(expected the JSON object history writes, or no such file)")
+            return
+        origin = data.get("manifests_dir") if isinstance(data, dict) else None
+        project = data.get("project_dir") if isinstance(data, dict) else None
+        if not (isinstance(origin, str) and isinstance(project, str) and os.path.isabs(origin) and os.path.isabs(project)):
+            self.error(Location(path), "", "the origin of this stored manifest set is not understood (expected "
+                       '{"manifests_dir": ABSOLUTE PATH, "project_dir": ABSOLUTE PATH}, as history writes it)')
+            return
+        self.origin, self.project_dir = os.path.normpath(origin), os.path.normpath(project)
 
     def load_overlay(self) -> Node | None:
         name = self.options.env
@@ -220,7 +256,7 @@ class _Loader:
             values = {}
         valid = {k: v for k, v in values.items() if v is not INVALID}
         settings = model.Settings(**valid)  # the defaults stand in for invalid fields; load() raises anyway
-        state_dir = self.options.state_dir or os.path.join(self.root, settings.state_dir)
+        state_dir = self.options.state_dir or os.path.join(self.origin, settings.state_dir)
         self.state_dir = os.path.normpath(os.path.abspath(state_dir))
         socket = os.path.join(self.state_dir, settings.supervisord.socket)
         self.checker.diagnostics.extend(validate_settings(node, valid, socket=socket, state=self.state_dir))
@@ -320,7 +356,7 @@ class _Loader:
             return default
 
         return {"env": env, "python": self.options.python, "project_dir": self.project_dir,
-                "manifests_dir": self.root, "state_dir": self.state_dir}
+                "manifests_dir": self.origin, "state_dir": self.state_dir}
 
     def render_agent(self, node: Node) -> Node:
         context = self.base_context()

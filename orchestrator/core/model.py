@@ -11,6 +11,7 @@ mappings sorted by key, so two loads of the same manifests compare equal.
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
@@ -175,9 +176,26 @@ class Settings:
     defaults: Mapping[str, Any] = field(default_factory=_empty)
 
 
+# A stored copy of a manifest set (history's `manifests/` of a version) holds this file, naming the
+# manifests directory it was copied from and that directory's project root. history writes it when it
+# stores a version; the loader reads it when present, so the copy loads as the set it was taken from.
+ORIGIN_FILE = ".orchestrator-origin.json"
+
+
 @dataclass(frozen=True)
 class ManifestSet:
-    """A whole, valid manifest set: settings and agents sorted by name."""
+    """A whole, valid manifest set: settings and agents sorted by name.
+
+    `manifests_dir` is where the files were read; `origin_dir` the manifests
+    directory the set stands for, and `project_dir` the project root: where
+    agents' relative paths resolve, and what the `manifests_dir` and
+    `project_dir` template values, the rendered configuration and the
+    markers of running processes name. For a live set `origin_dir` is
+    `manifests_dir` and `project_dir` its parent; for a stored copy (see
+    ORIGIN_FILE) they are those of the set it was copied from. The loader sets
+    them once; everything else reads them and never derives them again. Left
+    empty (a set built by hand), they take the live defaults.
+    """
 
     settings: Settings
     agents: tuple[Agent, ...]
@@ -185,6 +203,14 @@ class ManifestSet:
     state_dir: str
     env: str | None = None
     warnings: tuple[Diagnostic, ...] = ()
+    origin_dir: str = ""
+    project_dir: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.origin_dir:
+            object.__setattr__(self, "origin_dir", self.manifests_dir)
+        if not self.project_dir:
+            object.__setattr__(self, "project_dir", posixpath.dirname(self.origin_dir))
 
     def agent(self, name: str) -> Agent:
         for agent in self.agents:

@@ -50,7 +50,8 @@ MARKER = "ORCHESTRATOR_STATE_DIR"
 # process still running an older configuration (after an interrupted apply) is never taken for
 # an up-to-date one: plan compares it with the hash of what it would render now.
 CONFIG_MARKER = "ORCHESTRATOR_CONFIG"
-# orchestrator's listener also carries the manifests directory (and environment) it was rendered from,
+# orchestrator's listener also carries the manifests directory (and environment) it was rendered from (a stored
+# copy's origin, not the copy: see ManifestSet.origin_dir),
 # so `down`, `status` and `emergency-stop` find a running project's state directory from its processes
 # when neither --state-dir nor the pointer `up` leaves names it (see host.orphans.state_dirs_of).
 MANIFESTS_MARKER = "ORCHESTRATOR_MANIFESTS"

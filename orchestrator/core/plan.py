@@ -13,10 +13,20 @@ returns immutable actions, and its text and JSON forms for `orchestrator plan`.
 Whether the supervisord side changed is decided on the rendered program
 section (comments aside), so a change that renders the same is never a
 restart. Called by apply (which consumes a plan) and by the cli.
+
+A plan carries the `fingerprint` of exactly what it was computed from (see
+`fingerprint`): apply recomputes the plan under the state directory's lock
+and carries out the plan the operator saw only if the fingerprint still
+matches; otherwise the new plan is shown again. The fingerprint covers what
+decides actions (the desired agents and their rendered sections and hashes,
+the live version's, and per agent whether its processes are up or down and
+which configuration supervisord holds for it), never what does not (pids,
+uptimes, exit statuses).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -62,6 +72,7 @@ class Action:
 class Plan:
     actions: tuple[Action, ...]
     supervisord_running: bool = True
+    fingerprint: str = ""   # of the desired and observed state the plan was computed from; see `fingerprint`
 
     def of_kind(self, *kinds: Kind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind in kinds)
@@ -85,12 +96,59 @@ class Plan:
 
     def to_json(self) -> str:
         return json.dumps({"pending": self.pending, "supervisord_running": self.supervisord_running,
-                           "summary": self.summary(), "actions": [a.as_dict() for a in self.actions]}, indent=2)
+                           "summary": self.summary(), "fingerprint": self.fingerprint,
+                           "actions": [a.as_dict() for a in self.actions]}, indent=2)
 
 
 def _significant(program: str) -> str:
     """A rendered program section without its comments: what supervisord compares."""
     return "\n".join(line for line in program.splitlines() if line.strip() and not line.lstrip().startswith(";"))
+
+
+def _down(state: str) -> bool:
+    """A process the plan would start: stopped, exited, fatal, or backing off after a failed start."""
+    return state in DOWN_STATES or state == "BACKOFF"
+
+
+def _agent_fields(agent: Agent) -> dict[str, object]:
+    """The fields of an agent the plan compares (where it was read from is not one)."""
+    plain: dict[str, object] = to_plain(agent)
+    plain.pop("source", None)
+    return plain
+
+
+def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
+                last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
+                *, hashes: Mapping[str, str] | None = None) -> str:
+    """A stable hash of exactly what `plan` decides from, given the same arguments.
+
+    Desired: each agent's fields (its source location aside), its rendered
+    program section (comments aside) and its configuration hash. The live
+    version: each agent's fields and rendered section. Observed: whether
+    supervisord answers, each agent group's processes by name with whether
+    each is up or down (the `start` rule), and the configuration hash
+    supervisord holds for each desired agent. Internal groups (names starting
+    with '_'), pids, uptimes, exit statuses and descriptions are left out: a
+    restart of the listener or a clock tick is not a change of plan. A change
+    of a down process between stopped, exited, fatal and backing off is not
+    either: the plan starts it all the same.
+    """
+    hashes = hashes or {}
+    last_agents = last_agents or {}
+    last_programs = last_programs or {}
+    wanted = set(desired.names)
+    state = {
+        "desired": {a.name: {"fields": _agent_fields(a), "program": _significant(programs.get(a.name, "")),
+                             "hash": hashes.get(a.name)} for a in desired.agents},
+        "live": {"agents": {n: _agent_fields(a) for n, a in last_agents.items()},
+                 "programs": {n: _significant(p) for n, p in last_programs.items()}},
+        "observed": {"running": observed.running,
+                     "groups": {g: sorted([p.name, "down" if _down(p.state) else "up"] for p in processes)
+                                for g, processes in observed.groups.items() if not g.startswith("_")},
+                     "configs": {g: h for g, h in observed.configs.items() if g in wanted}},
+    }
+    text = json.dumps(state, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def _changed_fields(old: Agent, new: Agent) -> tuple[str, ...]:
@@ -139,7 +197,7 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
         if fields:
             actions.append(Action("update", name, fields, "no restart needed"))
             continue
-        down = [p for p in processes if p.state in DOWN_STATES or p.state == "BACKOFF"]
+        down = [p for p in processes if _down(p.state)]
         if down:
             states = sorted({p.state for p in down})
             actions.append(Action("start", name, reason=f"{', '.join(states).lower()}"))
@@ -150,7 +208,8 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
         if group not in wanted and not is_internal(group):
             actions.append(Action("remove", group, reason="no longer in the manifests"))
     order = {k: i for i, k in enumerate(KINDS)}
-    return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running)
+    return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running,
+                fingerprint=fingerprint(desired, programs, observed, last_agents, last_programs, hashes=hashes))
 
 
 _SYMBOLS = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("-/+", "yellow"), "update": ("~", "cyan"),

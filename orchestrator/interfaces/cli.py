@@ -25,19 +25,20 @@ import click
 
 from orchestrator import __version__
 from orchestrator.config import schema
-from orchestrator.core import graph, names
+from orchestrator.core import graph
+from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.host import orphans
 from orchestrator.operations import control, lifecycle, status
 from orchestrator.state import runtime
 from orchestrator.supervisord import render
-from orchestrator.operations.apply import ApplyError, ApplyReport, apply, client_for, compute
+from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, client_for, compute
 from orchestrator.supervisord.client import Client
 from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
 from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.core.model import ManifestSet
-from orchestrator.core.plan import to_lines
+from orchestrator.core.plan import Plan, to_lines
 from orchestrator.operations.sequencer import Event
 
 PRIVATE_UMASK = 0o077
@@ -202,12 +203,12 @@ def render_command(options: Options, out: str | None) -> None:
     are kept.
     """
     manifests = options.load()
-    rendering = render.render(manifests, programs_dir=names.PROGRAMS_DIR if out else None)
+    rendering = render.render(manifests, programs_dir=PROGRAMS_DIR if out else None)
     if out:
         for path in write_tree(out, rendering.files):
             click.echo(display_path(os.path.abspath(path)))
         return
-    for index, (rel, text) in enumerate(sorted(rendering.files.items(), key=lambda kv: (kv[0] != names.MAIN_CONFIG, kv[0]))):
+    for index, (rel, text) in enumerate(sorted(rendering.files.items(), key=lambda kv: (kv[0] != MAIN_CONFIG, kv[0]))):
         if index:
             click.echo()
         click.echo(f"; ==> {rel} <==")
@@ -269,6 +270,23 @@ def _confirm_destructive(result: Any, yes: bool) -> None:
         click.confirm(f"This stops {', '.join(doomed)}. Continue?", abort=True, err=True)
 
 
+def _confirm_changed(yes: bool) -> Confirm:
+    """apply's question when the plan changed under its lock: the new plan is shown, and asked about again on a
+    terminal (unless --yes); without a terminal, or with --yes, it is carried out, saying so."""
+    def confirm(shown: Plan, new: Plan) -> bool:
+        click.echo(click.style("The plan changed since it was shown (the manifests, the live version or the running agents "
+                               "changed). The new plan:", fg="yellow", bold=True), err=True)
+        for line, color in to_lines(new):
+            click.echo(click.style(line, fg=color) if color else line, err=True)
+        if not yes and sys.stdin.isatty():
+            return click.confirm("Carry out the new plan?", err=True)
+        click.echo(click.style("Carrying out the new plan" + (" (--yes)." if yes else " (no terminal to ask on)."),
+                               fg="yellow"), err=True)
+        return True
+
+    return confirm
+
+
 def _finish(report: ApplyReport, manifests: ManifestSet) -> None:
     if report.version is not None:
         click.echo(f"Applied as version {report.version.number}.")
@@ -304,16 +322,21 @@ def plan_command(options: Options, output: str) -> None:
 
 @cli.command("apply")
 @click.option("-M", "--message", default="", help="A note recorded with the version (see history).")
-@click.option("--yes", is_flag=True, help="Do not ask before stopping agents.")
+@click.option("--yes", is_flag=True, help="Do not ask before stopping agents, nor again when the plan changed "
+                                           "since it was shown (it says so, and shows the plan it carries out).")
 @click.pass_obj
 def apply_command(options: Options, message: str, yes: bool) -> None:
     """Make the running agents match the manifests.
 
     Validates first (nothing is touched when a manifest is invalid), then
-    starts, replaces, adds and removes only what changed: unchanged agents
-    keep running with the same PID. Agents start in dependency order, each
-    once what it depends on is ready. Exit 0 only when every agent is
-    running and ready; 1 otherwise, naming the agent that failed and why.
+    shows the plan and carries out that plan: it starts, replaces, adds and
+    removes only what changed; unchanged agents keep running with the same
+    PID. Agents start in dependency order, each once what it depends on is
+    ready. If the plan changed before apply took its lock (an agent stopped,
+    another apply ran), the new plan is shown and asked about again (with
+    --yes, or without a terminal, it is carried out, saying so). Exit 0 only
+    when every agent is running and ready; 1 otherwise, naming the agent
+    that failed and why.
     """
     manifests = options.load()
     client = client_for(manifests)
@@ -323,7 +346,8 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
         return
     _confirm_destructive(result, yes)
     try:
-        report = apply(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say, client=client)
+        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message,
+                       progress=_progress(graph.Graph.of(manifests)), say=_say, client=client)
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)

@@ -2,9 +2,14 @@
 
 Owned here: carrying out a `Plan` against supervisord, in supervisorctl
 update's safe order (removed, then changed, then added), then starting what
-should run through the `sequencer`. Under the state directory's lock:
+should run through the `sequencer`. The caller computes a plan (`compute`),
+shows it, and hands it to `apply`, which carries out that plan and no other.
+Under the state directory's lock:
 
-    render -> record a version (atomic swap of `current`) -> reloadConfig
+    render and plan again -> the fingerprint differs from the plan shown? ask `confirm`
+                             (the plan shown, the new plan): carry out the new one, or
+                             raise PlanChangedError, touching nothing
+      -> record a version (atomic swap of `current`) -> reloadConfig
       -> stop and remove removed agents, dependents first (a group that fails to stop is not removed)
       -> replace changed agents: stop, remove, add (nothing else restarts: each agent is its own group)
       -> add new agents
@@ -12,13 +17,14 @@ should run through the `sequencer`. Under the state directory's lock:
       -> mark the version applied or failed
 
 Unchanged agents are never touched and keep their PID. Called by the cli
-(apply, up) with a valid manifest set; rollback, later, is apply of an older
-version's manifests.
+(apply, and up through `converge`) with a valid manifest set; rollback and a
+file watcher, later, call `apply` with the plan they computed: rollback is
+apply of an older version's stored manifests, which load as the live set did
+(see ManifestSet.project_dir), so only what differs restarts.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -33,7 +39,23 @@ from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations.sequencer import Event, Result, Sequencer
 from orchestrator.operations.stopping import stop_in_order
 
+Confirm = Callable[[Plan, Plan], bool]
+"""Asked by apply, under its lock, when the plan changed since it was shown: (the plan shown, the new
+plan) -> whether to carry out the new plan. The interface shows the new plan and asks again (or, told
+not to ask, says that the plan changed and returns True)."""
 
+
+class PlanChangedError(OrchestratorError):
+    """The plan changed between the plan shown and apply's lock, and the new one was not confirmed.
+
+    Nothing was touched. `shown` is the plan the caller handed to apply, `plan` the one it would carry out now.
+    """
+
+    def __init__(self, shown: Plan, plan: Plan) -> None:
+        super().__init__("the plan changed since it was shown (the manifests, the live version or the running agents changed); "
+                         "nothing was done: review the new plan and apply again")
+        self.shown = shown
+        self.plan = plan
 
 
 class ApplyError(OrchestratorError):
@@ -46,7 +68,8 @@ class ApplyError(OrchestratorError):
 
 @dataclass
 class ApplyReport:
-    plan: Plan
+    plan: Plan                      # the plan carried out
+    replanned: bool = False         # it is not the plan shown: that one changed under the lock, and `confirm` accepted this one
     version: Version | None = None
     start: Result | None = None
     stop_failures: dict[str, str] = field(default_factory=dict)
@@ -76,22 +99,37 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
                  current.programs if current else None, hashes=rendering.hashes), rendering)
 
 
-def apply(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,
-          say: Callable[[str], None] = lambda line: None, client: Client | None = None) -> ApplyReport:
-    """Converge supervisord on `manifests`; raises ApplyError unless every agent ends ready."""
+def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
+          progress: Callable[[Event], None] = lambda e: None, say: Callable[[str], None] = lambda line: None,
+          client: Client | None = None) -> ApplyReport:
+    """Carry out `shown`, the plan computed (by `compute`) for `manifests` and shown to the operator.
+
+    Under the apply lock the plan is computed again; when its fingerprint
+    differs from `shown`'s, the new plan is carried out only if `confirm`
+    accepts it, else PlanChangedError is raised and nothing is touched
+    (without `confirm`, always). Raises ApplyError unless every agent ends ready.
+    """
     client = client or client_for(manifests)
     history = History(manifests.state_dir)
     with history.lock():
         if not client.is_running():
             raise NotRunningError(not_running_message(manifests.state_dir))
-        return converge(manifests, client, history, message=message, progress=progress, say=say)
+        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, progress=progress,
+                        say=say)
 
 
-def converge(manifests: ManifestSet, client: Client, history: History, *, message: str = "",
-             progress: Callable[[Event], None] = lambda e: None, say: Callable[[str], None] = lambda line: None) -> ApplyReport:
-    """apply's work, for a caller that holds the state directory's lock and knows supervisord runs."""
+def converge(manifests: ManifestSet, client: Client, history: History, *, shown: Plan | None = None,
+             confirm: Confirm | None = None, message: str = "", progress: Callable[[Event], None] = lambda e: None,
+             say: Callable[[str], None] = lambda line: None) -> ApplyReport:
+    """apply's work, for a caller that holds the state directory's lock and knows supervisord runs.
+
+    With `shown`, the plan computed here must have its fingerprint, or `confirm` accept the new plan
+    (see `apply`); without, the plan computed here is carried out (up, which shows no plan)."""
     result, rendering = compute(manifests, client)
-    report = ApplyReport(plan=result)
+    replanned = shown is not None and result.fingerprint != shown.fingerprint
+    if shown is not None and replanned and (confirm is None or not confirm(shown, result)):
+        raise PlanChangedError(shown, result)
+    report = ApplyReport(plan=result, replanned=replanned)
     if result.of_kind("add", "replace", "start"):
         runtime.refuse_if_latched(manifests.state_dir)
     edited = result.names("add", "replace", "update")
@@ -133,8 +171,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, messag
     verify = _running_dependencies(to_start, agents)
     if to_start:
         mark_starting(manifests.state_dir, to_start)
-        project = os.path.dirname(manifests.manifests_dir)
-        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=project)
+        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=manifests.project_dir)
         report.start = sequencer.run(to_start, verify=verify)
     live_version = history.current()
     if version is None and report.ok and live_version is not None and live_version.status != "applied":

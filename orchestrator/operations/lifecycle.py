@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from orchestrator.host import orphans, processes
 from orchestrator.state import runtime
-from orchestrator.core import names
+from orchestrator.core.names import LISTENER, LOGS_DIR, is_internal
 from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyReport, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
@@ -66,7 +66,7 @@ def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> No
 def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:
     """Start supervisord from STATE/supervisord.conf and wait until it answers."""
     history = History(state_dir)
-    os.makedirs(os.path.join(state_dir, names.LOGS_DIR), exist_ok=True)
+    os.makedirs(os.path.join(state_dir, LOGS_DIR), exist_ok=True)
     refuse_if_hung(state_dir, client)
     ended = orphans.sweep(state_dir, say=say)
     if ended:
@@ -80,7 +80,7 @@ def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], No
     while not client.is_running():
         if time.monotonic() > deadline:
             raise StateError(f"supervisord did not answer on {client.socket_path} within {START_TIMEOUT:g}s; "
-                             f"see {os.path.join(state_dir, names.LOGS_DIR, 'supervisord.log')}")
+                             f"see {os.path.join(state_dir, LOGS_DIR, 'supervisord.log')}")
         time.sleep(0.05)
     _wait_for_listener(state_dir, client, deadline)
 
@@ -91,7 +91,7 @@ def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
     ready = os.path.join(state_dir, LISTENER_READY)
     while time.monotonic() < deadline:
         try:
-            listener = client.process(f"{names.LISTENER}:{names.LISTENER}").pid
+            listener = client.process(f"{LISTENER}:{LISTENER}").pid
             with open(ready, encoding="utf-8") as handle:
                 if listener and handle.read().strip() == str(listener):
                     return
@@ -111,7 +111,7 @@ def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event],
     history = History(manifests.state_dir)
     client = Client(render.socket_path(manifests))
     with history.lock():
-        leave_pointer(manifests.manifests_dir, manifests.state_dir, manifests.env)
+        leave_pointer(manifests.origin_dir, manifests.state_dir, manifests.env)
         if not client.is_running():
             rendering = render.render(manifests)
             current = history.current()
@@ -150,7 +150,7 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
         _stand_down(state_dir, client)
         current = history.current()
         deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
-        names = sorted({p.group for p in client.processes() if not names.is_internal(p.group)})
+        names = sorted({p.group for p in client.processes() if not is_internal(p.group)})
         mark_stopping(state_dir, names)
         failures = stop_in_order(client, names, deps, progress=lambda agent, what: say(f"  {agent}: {what}"))
         # supervisord retires one stopped group per pass of its loop while shutting down, and an

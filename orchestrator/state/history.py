@@ -10,8 +10,16 @@ Owned here: the state directory's layout and its atomic updates.
         agents.json         the resolved agents, for plan and the boot listener
         supervisord.conf    the rendered configuration ...
         programs/NAME.conf  ... one file per agent
-        manifests/          the manifest files as they were applied
+        manifests/          the manifest files as they were applied, and
+          .orchestrator-origin.json   the manifests directory they were copied from and its project root
       logs/, supervisor.sock, supervisord.pid, apply.lock
+
+The origin file (`model.ORIGIN_FILE`) is owned here: history writes it into
+every stored copy; the loader (`config.manifest`) reads it, so that loading
+and applying a version's `manifests/` (what rollback does) gives the live
+version's project root, template values and rendered configuration hashes,
+and restarts nothing that did not change. A copy of a copy keeps the first
+origin.
 
 A version directory is written whole under a temporary name, then renamed into
 place; `current` is then repointed by renaming a new symlink over it. A kill -9
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.core.errors import StateError
-from orchestrator.core.model import Agent, ManifestSet, agent_from_plain, to_plain
+from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
@@ -56,16 +64,21 @@ class Version:
     agents: Mapping[str, Agent]
     programs: Mapping[str, str]
     main: str
-    manifests_dir: str = ""
-
-    @property
-    def project_dir(self) -> str:
-        """Where the agents' relative paths resolve (the manifests directory's parent)."""
-        return os.path.dirname(self.manifests_dir) if self.manifests_dir else self.path
+    manifests_dir: str = ""   # the manifest set's origin (ManifestSet.origin_dir)
+    project_dir: str = ""     # where the agents' relative paths resolve (ManifestSet.project_dir)
 
     @property
     def label(self) -> str:
         return f"{self.number:04d}"
+
+
+def _project_dir(meta: Mapping[str, Any], path: str) -> str:
+    """A version's project root, as recorded; a version recorded before it was (the manifests' parent then)."""
+    recorded = meta.get("project_dir")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    manifests_dir = meta.get("manifests_dir")
+    return os.path.dirname(manifests_dir) if isinstance(manifests_dir, str) and manifests_dir else path
 
 
 class RenderedFiles(Protocol):
@@ -187,7 +200,7 @@ class History:
             raise StateError(f"cannot read version {path}: {exc}") from exc
         return Version(number=meta["number"], path=path, created=meta["created"], message=meta.get("message", ""),
                        env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main,
-                       manifests_dir=meta.get("manifests_dir", ""))
+                       manifests_dir=meta.get("manifests_dir", ""), project_dir=_project_dir(meta, path))
 
     def record(self, manifests: ManifestSet, rendering: RenderedFiles, *, message: str = "") -> Version:
         """Write a new version and make it live (the caller holds the lock)."""
@@ -206,11 +219,13 @@ class History:
                     shutil.copytree(source, os.path.join(snapshot, part), copy_function=shutil.copyfile)
                 elif os.path.isfile(source):
                     shutil.copyfile(source, os.path.join(snapshot, part))
+            origin = {"manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir}
+            write_atomically(os.path.join(snapshot, ORIGIN_FILE), json.dumps(origin, indent=1) + "\n")
             make_private(snapshot)
             agents = {a.name: to_plain(a) for a in manifests.agents}
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
-                    "manifests_dir": manifests.manifests_dir, "status": "applying"}
+                    "manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir, "status": "applying"}
             write_atomically(os.path.join(scratch, "version.json"), json.dumps(meta, indent=1))
             os.rename(scratch, final)
         except BaseException:

@@ -148,15 +148,15 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
     state = state_dir or manifests.state_dir
     included = programs_dir or os.path.join(state, LIVE_DIR, PROGRAMS_DIR)
     env = environment(templates)
-    project_dir = os.path.dirname(manifests.manifests_dir)
+    project_dir = manifests.project_dir  # set once by the loader: a stored copy renders as the set it was taken from
     marker = {MARKER: state}
     common: dict[str, Any] = {"settings": manifests.settings, "state_dir": state,
-                              "manifests_dir": manifests.manifests_dir}
+                              "manifests_dir": manifests.origin_dir}
     files = {MAIN_CONFIG: _render(
         env, "supervisord.conf.j2", common, None, socket=socket_path(manifests, state), include_programs=not single_file,
         programs_glob=os.path.join(included, "*.conf"), listener=LISTENER,
         listener_command=[python, "-m", "orchestrator.listener", "--state-dir", state],
-        listener_env={**marker, MANIFESTS_MARKER: manifests.manifests_dir, ENV_MARKER: manifests.env or ""})}
+        listener_env={**marker, MANIFESTS_MARKER: manifests.origin_dir, ENV_MARKER: manifests.env or ""})}
     hashes: dict[str, str] = {}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))

@@ -125,3 +125,16 @@ def test_the_installed_console_script_runs():
     done = subprocess.run([str(script), "-m", str(DEFAULT_MANIFESTS), "validate"], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "NO_COLOR": "1"})
     assert done.returncode == 0, done.stderr
+
+
+def test_a_plan_changed_under_applys_lock_is_shown_and_with_yes_carried_out_saying_so(capsys):
+    from orchestrator.core.plan import Action, Plan
+    from orchestrator.interfaces.cli import _confirm_changed
+
+    shown = Plan((Action("add", "extra", reason="new agent"),), fingerprint="a")
+    new = Plan((Action("add", "extra", reason="new agent"), Action("start", "calc", reason="stopped")), fingerprint="b")
+    assert _confirm_changed(True)(shown, new) is True
+    err = capsys.readouterr().err
+    assert "The plan changed since it was shown" in err
+    assert "start    calc" in err and "Plan: 1 to add, 1 to start." in err
+    assert "Carrying out the new plan (--yes)." in err

@@ -6,7 +6,8 @@ import json
 
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, Probe, Settings
-from orchestrator.core.plan import Observed, plan, to_lines
+from orchestrator.core.errors import Location
+from orchestrator.core.plan import Observed, fingerprint, plan, to_lines
 
 
 def _agent(name: str, **fields) -> Agent:
@@ -66,3 +67,82 @@ def test_without_supervisord_every_agent_is_to_add_and_the_plan_says_why():
     result = plan(_set(feed), _programs(feed), Observed(running=False), None, None)
     assert [(a.kind, a.reason) for a in result.actions] == [("add", "supervisord is not running")]
     assert "orchestrator up" in to_lines(result)[0][0]
+
+
+# --- the fingerprint: what a plan was computed from ----------------------------
+
+def _world(**changes):
+    """The arguments of `plan` for two running agents, with `changes` (keyword -> value) replacing some."""
+    feed, calc = _agent("feed"), _agent("calc", depends_on=("feed",))
+    args = {
+        "desired": _set(feed, calc),
+        "programs": _programs(feed, calc),
+        "observed": Observed.of([_proc("feed"), _proc("calc"), _proc("_orchestrator")], {"feed": "f1", "calc": "c1"}),
+        "last_agents": {"feed": feed, "calc": calc},
+        "last_programs": _programs(feed, calc),
+        "hashes": {"feed": "f1", "calc": "c1"},
+    }
+    args.update(changes)
+    return args
+
+
+def _fingerprint(**changes) -> str:
+    args = _world(**changes)
+    hashes = args.pop("hashes")
+    return plan(*args.values(), hashes=hashes).fingerprint
+
+
+def _with_pid(process: ProcessInfo, pid: int, start: int, now: int) -> ProcessInfo:
+    return ProcessInfo(name=process.name, group=process.group, state=process.state, pid=pid, start=start, now=now,
+                       exitstatus=process.exitstatus, spawnerr=process.spawnerr, description=f"pid {pid}, uptime {now - start}")
+
+
+def test_a_plan_carries_the_fingerprint_of_its_inputs_and_it_is_stable_across_computations():
+    args = _world()
+    hashes = args.pop("hashes")
+    first = plan(*args.values(), hashes=hashes)
+    assert first.fingerprint and first.fingerprint == plan(*args.values(), hashes=hashes).fingerprint
+    assert first.fingerprint == fingerprint(*args.values(), hashes=hashes)
+    assert json.loads(first.to_json())["fingerprint"] == first.fingerprint
+
+
+def test_the_fingerprint_ignores_pids_uptimes_exit_statuses_and_orchestrators_own_programs():
+    base = _fingerprint()
+    noisy = Observed.of([_with_pid(_proc("feed"), 4242, 10, 99), _with_pid(_proc("calc"), 4343, 50, 99),
+                         _with_pid(_proc("_orchestrator"), 17, 1, 99)], {"feed": "f1", "calc": "c1", "_orchestrator": "x"})
+    assert _fingerprint(observed=noisy) == base
+    without_listener = Observed.of([_proc("feed"), _proc("calc")], {"feed": "f1", "calc": "c1"})
+    assert _fingerprint(observed=without_listener) == base
+    starting = Observed.of([_proc("feed", "STARTING"), _proc("calc")], {"feed": "f1", "calc": "c1"})
+    assert _fingerprint(observed=starting) == base  # starting or running: up either way, the plan does not change
+
+
+def test_the_fingerprint_ignores_where_an_agent_was_read_from_and_comments_in_its_section():
+    feed, calc = _agent("feed", source=Location("/elsewhere/feed.yaml", 3, 1)), _agent("calc", depends_on=("feed",))
+    programs = {n: "; a comment that moved\n" + p for n, p in _programs(feed, calc).items()}
+    assert _fingerprint(desired=_set(feed, calc), programs=programs) == _fingerprint()
+
+
+def test_the_fingerprint_changes_with_the_observed_state_that_decides_actions():
+    base = _fingerprint()
+    down = Observed.of([_proc("feed", "EXITED"), _proc("calc")], {"feed": "f1", "calc": "c1"})
+    extra = Observed.of([_proc("feed"), _proc("calc"), _proc("stray")], {"feed": "f1", "calc": "c1"})
+    missing = Observed.of([_proc("feed")], {"feed": "f1"})
+    older = Observed.of([_proc("feed"), _proc("calc")], {"feed": "f0", "calc": "c1"})
+    variants = {"an agent went down": down, "a group appeared": extra, "a group went away": missing,
+                "supervisord holds another configuration": older, "supervisord stopped": Observed(running=False)}
+    for why, observed in variants.items():
+        assert _fingerprint(observed=observed) != base, why
+
+
+def test_the_fingerprint_changes_with_the_desired_state_and_the_live_version():
+    base = _fingerprint()
+    feed, calc = _agent("feed"), _agent("calc", depends_on=("feed",))
+    env_feed = _agent("feed", env={"A": "1"})
+    assert _fingerprint(desired=_set(env_feed, calc), programs=_programs(env_feed, calc)) != base, "an edited agent"
+    assert _fingerprint(desired=_set(feed), programs=_programs(feed)) != base, "an agent removed from the manifests"
+    quick = _agent("feed", priority=1)
+    assert _fingerprint(desired=_set(quick, calc)) != base, "a field that needs no restart (an update)"
+    assert _fingerprint(hashes={"feed": "f2", "calc": "c1"}) != base, "another configuration hash"
+    assert _fingerprint(last_agents={"feed": env_feed, "calc": calc}) != base, "another apply changed the live version"
+    assert _fingerprint(last_agents=None, last_programs=None) != base, "no live version"

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 import click
 
 from orchestrator import __version__
+from orchestrator.core.events import Emit, Event, Note, StopEvent
 from orchestrator.config import schema
 from orchestrator.core import graph
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
@@ -39,7 +40,6 @@ from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.core.model import ManifestSet
 from orchestrator.core.plan import Plan, to_lines
-from orchestrator.operations.sequencer import Event
 
 PRIVATE_UMASK = 0o077
 EMERGENCY_RPC_TIMEOUT = 2.0  # a hung supervisord must not hold up an emergency stop
@@ -241,20 +241,22 @@ def schema_command(kind: str) -> None:
     click.echo(json.dumps(schema.json_schema(kind), indent=2))
 
 
-def _say(line: str) -> None:
-    click.echo(line, err=True)
-
-
-def _progress(order: graph.Graph) -> Any:
-    """A progress callback printing each start event with its wave and elapsed time, on stderr."""
-    total = len(order.waves)
+def _renderer(order: graph.Graph | None = None) -> Emit:
+    """The event stream rendered on stderr: each start step with its wave and elapsed time, each stop step
+    under its agent, each note as a line."""
+    total = len(order.waves) if order is not None else 0
     colors = {"ready": "green", "failed": "red", "skipped": "yellow", "retrying": "yellow"}
 
     def show(event: Event) -> None:
-        wave = order.wave_of(event.agent) + 1 if event.agent in order.depends_on else 0
-        detail = f"  {event.detail}" if event.detail else ""
-        line = f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}"
-        click.echo(click.style(line, fg=colors.get(event.kind)), err=True)
+        if isinstance(event, Note):
+            click.echo(event.text, err=True)
+        elif isinstance(event, StopEvent):
+            click.echo(f"  {event.agent}: {event.what}", err=True)
+        else:
+            wave = order.wave_of(event.agent) + 1 if order is not None and event.agent in order.depends_on else 0
+            detail = f"  {event.detail}" if event.detail else ""
+            line = f"[{event.elapsed:6.1f}s] wave {wave}/{total}  {event.agent:<24} {event.kind}{detail}"
+            click.echo(click.style(line, fg=colors.get(event.kind)), err=True)
 
     return show
 
@@ -347,7 +349,7 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
     _confirm_destructive(result, yes)
     try:
         report = apply(manifests, result, confirm=_confirm_changed(yes), message=message,
-                       progress=_progress(graph.Graph.of(manifests)), say=_say, client=client)
+                       emit=_renderer(graph.Graph.of(manifests)), client=client)
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)
@@ -367,10 +369,12 @@ def up_command(options: Options, message: str, yes: bool) -> None:
     """
     manifests = options.load()
     client = client_for(manifests)
-    if client.is_running():
-        _confirm_destructive(compute(manifests, client)[0], yes)
+    shown = compute(manifests, client)[0] if client.is_running() else None
+    if shown is not None:
+        _confirm_destructive(shown, yes)
     try:
-        report = lifecycle.up(manifests, message=message, progress=_progress(graph.Graph.of(manifests)), say=_say)
+        report = lifecycle.up(manifests, shown=shown, confirm=_confirm_changed(yes), message=message,
+                              emit=_renderer(graph.Graph.of(manifests)))
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)
@@ -389,7 +393,7 @@ def down_command(options: Options, yes: bool) -> None:
     state_dir = options.state_dir_only()
     if not yes and sys.stdin.isatty():
         click.confirm(f"Stop every agent and supervisord ({display_path(state_dir)})?", abort=True, err=True)
-    stopped = lifecycle.down(state_dir, say=_say)
+    stopped = lifecycle.down(state_dir, emit=_renderer())
     click.echo(f"Stopped {len(stopped)} agent{'s' if len(stopped) != 1 else ''} and supervisord." if stopped
                else "Nothing was running.")
 
@@ -443,8 +447,8 @@ class _Live:
         self.agents = dict(current.agents) if current else {}
         self.graph = graph.Graph.of_agents(self.agents)
 
-    def progress(self) -> Any:
-        return _progress(self.graph)
+    def progress(self) -> Emit:
+        return _renderer(self.graph)
 
 
 def _confirm_stop(what: str, yes: bool) -> None:
@@ -464,13 +468,13 @@ def _started(result: Any) -> None:
 
 def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool) -> None:
     live = _Live(options)
-    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, progress=live.progress()))
+    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, emit=live.progress()))
 
 
 def _stop(options: Options, names: tuple[str, ...] | None, no_deps: bool, yes: bool) -> list[str]:
     live = _Live(options)
     _confirm_stop(", ".join(names) + ("" if no_deps else " and whatever depends on them") if names else "every agent", yes)
-    stopped = control.stop(live.state_dir, live.client, names, no_deps=no_deps, say=_say)
+    stopped = control.stop(live.state_dir, live.client, names, no_deps=no_deps, emit=live.progress())
     click.echo(f"Stopped {', '.join(stopped)}." if stopped else "Nothing to stop.")
     return stopped
 
@@ -554,7 +558,7 @@ def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
     state_dir = options.state_dir_only()
     _confirm_stop("EVERY agent at once, with no ordering", yes)
     client = Client(lifecycle.socket_of(state_dir), timeout=EMERGENCY_RPC_TIMEOUT)
-    report = control.emergency_stop(state_dir, client, reason=reason, say=_say)
+    report = control.emergency_stop(state_dir, client, reason=reason, emit=_renderer())
     for problem in report.problems:
         click.echo(click.style(f"warning: {problem}", fg="yellow"), err=True)
     latched = "latched until `orchestrator emergency-clear`" if report.latched else "NOT latched (see the warning above)"

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from orchestrator.core.events import Emit, Note, StopEvent, ignore
 from orchestrator.core.names import is_internal
 from orchestrator.state import runtime
 from orchestrator.supervisord import render
@@ -36,7 +37,7 @@ from orchestrator.core.errors import OrchestratorError, not_running_message
 from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
-from orchestrator.operations.sequencer import Event, Result, Sequencer
+from orchestrator.operations.sequencer import Result, Sequencer
 from orchestrator.operations.stopping import stop_in_order
 
 Confirm = Callable[[Plan, Plan], bool]
@@ -100,8 +101,7 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
-          progress: Callable[[Event], None] = lambda e: None, say: Callable[[str], None] = lambda line: None,
-          client: Client | None = None) -> ApplyReport:
+          emit: Emit = ignore, client: Client | None = None) -> ApplyReport:
     """Carry out `shown`, the plan computed (by `compute`) for `manifests` and shown to the operator.
 
     Under the apply lock the plan is computed again; when its fingerprint
@@ -114,13 +114,11 @@ def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None
     with history.lock():
         if not client.is_running():
             raise NotRunningError(not_running_message(manifests.state_dir))
-        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, progress=progress,
-                        say=say)
+        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit)
 
 
 def converge(manifests: ManifestSet, client: Client, history: History, *, shown: Plan | None = None,
-             confirm: Confirm | None = None, message: str = "", progress: Callable[[Event], None] = lambda e: None,
-             say: Callable[[str], None] = lambda line: None) -> ApplyReport:
+             confirm: Confirm | None = None, message: str = "", emit: Emit = ignore) -> ApplyReport:
     """apply's work, for a caller that holds the state directory's lock and knows supervisord runs.
 
     With `shown`, the plan computed here must have its fingerprint, or `confirm` accept the new plan
@@ -142,24 +140,24 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
         report.version = history.record(manifests, rendering, message=message)
     version = report.version
     if not result.pending:
-        say("Nothing to do: every agent is unchanged and running.")
+        emit(Note("Nothing to do: every agent is unchanged and running."))
         return report
     added, changed, removed = client.reload_config()
-    _refresh_internal(client, added, changed, removed, say)
+    _refresh_internal(client, added, changed, removed, emit)
     old_deps = {n: a.depends_on for n, a in (previous.agents if previous else {}).items()}
     removing = result.names("remove")
     if removing or result.names("replace"):
         mark_stopping(manifests.state_dir, [*removing, *result.names("replace")])
     if removing:
-        report.stop_failures.update(stop_in_order(client, removing, old_deps, progress=lambda a, w: say(f"  {a}: {w}")))
+        report.stop_failures.update(stop_in_order(client, removing, old_deps, emit=emit))
         for name in removing:
             if name not in report.stop_failures:
                 client.remove_group(name)
-                say(f"  {name}: removed")
+                emit(StopEvent(name, "removed"))
     replacing = result.names("replace")
     if replacing:
         deps = {a.name: a.depends_on for a in manifests.agents}
-        report.stop_failures.update(stop_in_order(client, replacing, deps, progress=lambda a, w: say(f"  {a}: {w}")))
+        report.stop_failures.update(stop_in_order(client, replacing, deps, emit=emit))
         for name in replacing:
             if name not in report.stop_failures:
                 client.remove_group(name)
@@ -171,7 +169,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
     verify = _running_dependencies(to_start, agents)
     if to_start:
         mark_starting(manifests.state_dir, to_start)
-        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=progress, cwd=manifests.project_dir)
+        sequencer = Sequencer(client, agents, state_dir=manifests.state_dir, progress=emit, cwd=manifests.project_dir)
         report.start = sequencer.run(to_start, verify=verify)
     live_version = history.current()
     if version is None and report.ok and live_version is not None and live_version.status != "applied":
@@ -210,7 +208,7 @@ def _running_dependencies(to_start: set[str], agents: Mapping[str, Agent]) -> se
 
 
 def _refresh_internal(client: Client, added: list[str], changed: list[str], removed: list[str],
-                      say: Callable[[str], None]) -> None:
+                      emit: Emit) -> None:
     """orchestrator's own programs (names starting with '_') follow their configuration at once."""
     for name in removed:
         if is_internal(name):
@@ -222,7 +220,7 @@ def _refresh_internal(client: Client, added: list[str], changed: list[str], remo
             client.remove_group(name)
             client.add_group(name)
             client.start_group(name)
-            say(f"  {name}: restarted with its new configuration")
+            emit(Note(f"  {name}: restarted with its new configuration"))
     for name in added:
         if is_internal(name):
             client.add_group(name)

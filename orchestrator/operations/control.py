@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from orchestrator.core.events import Emit, Note, ignore
 from orchestrator.core.names import is_internal
 from orchestrator.host import orphans, processes
 from orchestrator.state import runtime
@@ -29,7 +30,7 @@ from orchestrator.core.errors import OrchestratorError, unknown_agents
 from orchestrator.core.graph import Graph
 from orchestrator.state.history import History
 from orchestrator.core.model import Agent
-from orchestrator.operations.sequencer import Event, Result, Sequencer
+from orchestrator.operations.sequencer import Result, Sequencer
 
 EMERGENCY_DEADLINE = 3.0  # seconds between SIGTERM and SIGKILL
 LATCH_LOCK_TIMEOUT = 5.0  # an emergency stop does not wait longer than this for the runtime lock
@@ -64,7 +65,7 @@ def _select(state_dir: str, names: Iterable[str] | None, *, no_deps: bool,
 
 
 def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
-          progress: Callable[[Event], None] = lambda e: None) -> Result:
+          emit: Emit = ignore) -> Result:
     """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
     runtime.refuse_if_latched(state_dir)
     agents, chosen, _, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
@@ -77,16 +78,16 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
     with runtime.changing(state_dir) as live:
         for name in to_start:
             live.agents[name] = live.agent(name).starting()
-    return Sequencer(client, agents, state_dir=state_dir, progress=progress).run(to_start, verify=verify)
+    return Sequencer(client, agents, state_dir=state_dir, progress=emit).run(to_start, verify=verify)
 
 
 def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
-         say: Callable[[str], None] = lambda line: None) -> list[str]:
+         emit: Emit = ignore) -> list[str]:
     """Stop `names` (all agents when None), their dependents first; the agents stopped."""
     agents, _, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependents)
     mark_stopping(state_dir, wanted)
     failures = stop_in_order(client, wanted, {n: a.depends_on for n, a in agents.items()},
-                             progress=lambda agent, what: say(f"  {agent}: {what}"))
+                             emit=emit)
     if failures:
         raise OrchestratorError("; ".join(f"{n} could not be stopped: {why}" for n, why in sorted(failures.items())))
     return [n for n in graph.stop_order if n in wanted]
@@ -103,7 +104,7 @@ class EmergencyReport:
 
 
 def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", deadline: float = EMERGENCY_DEADLINE,
-                   say: Callable[[str], None] = lambda line: None) -> EmergencyReport:
+                   emit: Emit = ignore) -> EmergencyReport:
     """End every agent's processes at once, whatever else is broken; then say what could not be recorded.
 
     Signals first, records afterwards, each step independent of the others:
@@ -126,7 +127,7 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
             report.problems.append(f"supervisord did not take the stop: {exc}")
     victims = orphans.find(state_dir, agents_only=True)
     report.signalled = len(victims)
-    report.killed = processes.end_groups(victims, deadline=deadline, say=say)
+    report.killed = processes.end_groups(victims, deadline=deadline, say=lambda line: emit(Note(line)))
     try:
         with runtime.changing(state_dir, timeout=LATCH_LOCK_TIMEOUT) as live:
             live.latch = runtime.Latch(since=time.time(), reason=reason)

@@ -17,17 +17,18 @@ import time
 from collections.abc import Callable, Iterator
 
 
+from orchestrator.core.events import Emit, Note, ignore
 from orchestrator.host import orphans, processes
 from orchestrator.state import runtime
 from orchestrator.core.names import LISTENER, LOGS_DIR, is_internal
 from orchestrator.supervisord import render
-from orchestrator.operations.apply import ApplyReport, converge, mark_stopping
+from orchestrator.core.plan import Plan
+from orchestrator.operations.apply import ApplyReport, Confirm, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.errors import StateError, not_running_message
 from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
 from orchestrator.core.model import ManifestSet
-from orchestrator.operations.sequencer import Event
 
 START_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 60.0
@@ -63,15 +64,15 @@ def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> No
     raise StateError(not_running_message(shown_as or state_dir))
 
 
-def start_supervisord(state_dir: str, client: Client, *, say: Callable[[str], None]) -> None:
+def start_supervisord(state_dir: str, client: Client, *, emit: Emit) -> None:
     """Start supervisord from STATE/supervisord.conf and wait until it answers."""
     history = History(state_dir)
     os.makedirs(os.path.join(state_dir, LOGS_DIR), exist_ok=True)
     refuse_if_hung(state_dir, client)
-    ended = orphans.sweep(state_dir, say=say)
+    ended = orphans.sweep(state_dir, say=_noting(emit))
     if ended:
-        say(f"ended {len(ended)} process(es) left by a supervisord that did not stop cleanly")
-    say("starting supervisord")
+        emit(Note(f"ended {len(ended)} process(es) left by a supervisord that did not stop cleanly"))
+    emit(Note("starting supervisord"))
     done = subprocess.run([sys.executable, "-m", "supervisor.supervisord", "-c", history.config_path],
                           capture_output=True, text=True, cwd=state_dir, timeout=START_TIMEOUT)
     if done.returncode != 0:
@@ -100,9 +101,12 @@ def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event], None] = lambda e: None,
-       say: Callable[[str], None] = lambda line: None) -> ApplyReport:
+def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | None = None, message: str = "",
+       emit: Emit = ignore) -> ApplyReport:
     """Start supervisord if it is not running, then apply.
+
+    `shown` and `confirm`: the plan shown to the operator when supervisord was already running,
+    checked as apply checks it (see apply.apply).
 
     When up starts supervisord, it holds the apply lock throughout and leaves a
     claim naming that supervisord, so the boot sequence (which waits for the
@@ -118,16 +122,16 @@ def up(manifests: ManifestSet, *, message: str = "", progress: Callable[[Event],
             if current is None or current.main != rendering.main or \
                     current.programs != {a.name: rendering.program(a.name) for a in manifests.agents}:
                 history.record(manifests, rendering, message=message or "up")
-            start_supervisord(manifests.state_dir, client, say=say)
+            start_supervisord(manifests.state_dir, client, emit=emit)
             leave_claim(manifests.state_dir, client.pid())
-        report = converge(manifests, client, history, message=message, progress=progress, say=say)
+        report = converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit)
         current = history.current()
         if current is not None and current.status != "applied" and report.ok:
             history.mark(current, "applied")
         return report
 
 
-def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> list[str]:
+def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:
     """Stop every agent, dependents first, then supervisord; the agents stopped.
 
     First the restart keeper stands down (no pending restart fires after this
@@ -139,12 +143,12 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
     history = History(state_dir)
     client = Client(socket_of(state_dir))
     _stand_down(state_dir, client)
-    with _waiting_lock(history, say):
+    with _waiting_lock(history, emit):
         client = Client(socket_of(state_dir))
         if not client.is_running():
             refuse_if_hung(state_dir, client)
-            ended = orphans.sweep(state_dir, say=say)
-            say("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else ""))
+            ended = orphans.sweep(state_dir, say=_noting(emit))
+            emit(Note("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else "")))
             _left_behind(state_dir)
             return []
         _stand_down(state_dir, client)
@@ -152,7 +156,7 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
         deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
         names = sorted({p.group for p in client.processes() if not is_internal(p.group)})
         mark_stopping(state_dir, names)
-        failures = stop_in_order(client, names, deps, progress=lambda agent, what: say(f"  {agent}: {what}"))
+        failures = stop_in_order(client, names, deps, emit=emit)
         # supervisord retires one stopped group per pass of its loop while shutting down, and an
         # idle pass waits up to 1 s: 12 groups took 12 s. Removed groups cost it nothing.
         for name in names:
@@ -160,13 +164,13 @@ def down(state_dir: str, *, say: Callable[[str], None] = lambda line: None) -> l
                 with contextlib.suppress(SupervisorError):  # started again meanwhile: shutdown stops it
                     client.remove_group(name)
         pid = client.pid()
-        say("stopping supervisord")
+        emit(Note("stopping supervisord"))
         client.shutdown()
         if not processes.wait_exit(pid, SHUTDOWN_TIMEOUT):
             raise StateError(f"supervisord (pid {pid}) did not exit within {SHUTDOWN_TIMEOUT:g}s")
-        ended = orphans.sweep(state_dir, say=say)
+        ended = orphans.sweep(state_dir, say=_noting(emit))
         if ended:
-            say(f"ended {len(ended)} process(es) that outlived supervisord")
+            emit(Note(f"ended {len(ended)} process(es) that outlived supervisord"))
         _left_behind(state_dir)
         return names
 
@@ -182,12 +186,12 @@ def _stand_down(state_dir: str, client: Client) -> None:
 
 
 @contextlib.contextmanager
-def _waiting_lock(history: History, say: Callable[[str], None]) -> Iterator[None]:
+def _waiting_lock(history: History, emit: Emit) -> Iterator[None]:
     with history.lock(wait=False) as mine:
         if mine:
             yield
             return
-    say("waiting for the apply, up or boot sequence in progress to finish")
+    emit(Note("waiting for the apply, up or boot sequence in progress to finish"))
     with history.lock():
         yield
 
@@ -196,3 +200,8 @@ def _left_behind(state_dir: str) -> None:
     left = orphans.find(state_dir)
     if left:
         raise StateError("still running after down: " + ", ".join(f"{p.pid} ({' '.join(p.cmdline())[:60]})" for p in left))
+
+
+def _noting(emit: Emit) -> Callable[[str], None]:
+    """A line-at-a-time reporter (what the host layer's sweeps take) that emits each line as a Note."""
+    return lambda line: emit(Note(line))

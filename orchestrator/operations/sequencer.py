@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from orchestrator.core.events import StartEvent, ignore
 from orchestrator.host import ports, probes
 from orchestrator.state import runtime
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo, RUNNING
@@ -45,12 +46,7 @@ STATE_POLL = 0.1          # how often a start's process state is read from super
 STDERR_LINES = 10
 
 
-@dataclass(frozen=True)
-class Event:
-    kind: str            # "starting", "waiting" (every few seconds), "ready", "retrying", "failed", "skipped"
-    agent: str
-    elapsed: float       # since the sequence began
-    detail: str = ""
+Event = StartEvent  # the sequencer's events (the name others import)
 
 
 @dataclass
@@ -133,7 +129,7 @@ class _Watch:
 
 class Sequencer:
     def __init__(self, client: Client, agents: Mapping[str, Agent], *, state_dir: str,
-                 progress: Callable[[Event], None] = lambda event: None,
+                 progress: Callable[[StartEvent], None] = ignore,
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  max_parallel: int = 32) -> None:

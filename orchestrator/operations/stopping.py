@@ -18,8 +18,9 @@ keeper (liveness and dependency failures).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
+from orchestrator.core.events import Emit, StopEvent, ignore
 from orchestrator.host import processes
 from orchestrator.core.processes import DOWN_STATES
 from orchestrator.supervisord.client import BadNameError, Client, SupervisorError
@@ -32,7 +33,7 @@ LEFTOVER_GRACE = 3.0    # between SIGTERM and SIGKILL for what an agent left beh
 
 
 def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str, Iterable[str]],
-                  *, progress: Callable[[str, str], None] = lambda agent, what: None) -> dict[str, str]:
+                  *, emit: Emit = ignore) -> dict[str, str]:
     """Stop `names` dependents first, each dependency level in parallel; the ones that failed to stop, with why."""
     chosen = set(names)
     waves = Graph.of_edges({n: depends_on.get(n, ()) for n in chosen}).waves
@@ -41,20 +42,20 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
     for wave in reversed(waves):
         stopping: dict[str, list[str]] = {}
         for name in wave:
-            progress(name, "stopping")
+            emit(StopEvent(name, "stopping"))
             try:
                 stopping[name] = client.stop_group(name, wait=False)
             except SupervisorError as exc:
                 failures[name] = str(exc)
-                progress(name, f"failed to stop: {exc}")
-        failures.update(wait_stopped(client, stopping, progress=progress))
+                emit(StopEvent(name, f"failed to stop: {exc}"))
+        failures.update(wait_stopped(client, stopping, emit=emit))
     for name in sorted(trees):
         if name in failures:
             continue
         ended = processes.end(trees[name], grace=LEFTOVER_GRACE)
         if ended:
-            progress(name, f"ended {len(ended)} process(es) it left behind outside its process group "
-                           f"(pid {', '.join(map(str, ended))})")
+            emit(StopEvent(name, f"ended {len(ended)} process(es) it left behind outside its process group "
+                                     f"(pid {', '.join(map(str, ended))})"))
     return failures
 
 
@@ -74,7 +75,7 @@ def _trees(client: Client, names: set[str]) -> dict[str, list[processes.Process]
 
 
 def wait_stopped(client: Client, processes: Mapping[str, Iterable[str]], *, timeout: float = STOP_TIMEOUT,
-                 progress: Callable[[str, str], None] = lambda agent, what: None) -> dict[str, str]:
+                 emit: Emit = ignore) -> dict[str, str]:
     """Wait until every process named (group -> full process names) is down; the groups that did not stop, with why.
 
     Each process is asked for by name (getProcessInfo costs the same at any size, where
@@ -94,7 +95,7 @@ def wait_stopped(client: Client, processes: Mapping[str, Iterable[str]], *, time
                     continue
             if states[group] <= DOWN_STATES:
                 del waiting[group]
-                progress(group, "stopped")
+                emit(StopEvent(group, "stopped"))
         if waiting and time.monotonic() > deadline:
             return {group: f"still {'/'.join(sorted(states[group]))} after {timeout:g}s" for group in waiting}
         if waiting:

@@ -144,7 +144,7 @@ class Keeper:
             decision = keeping.decide(running, runtime.load_agent(self.state_dir, group), agent, self.clock(), world=World())
             if decision.history is not None:
                 decision = self._record(agent, running, self.clock())
-                self._carry_out(agent, decision.actions)
+            self._carry_out(agent, decision.actions)
             return
         if state == "STOPPED":
             with self._own_lock:

@@ -2,7 +2,7 @@
 
 Owned here: a thread that runs each agent's liveness probe every `period`
 while the agent is up and past its `warmup`, counts consecutive failures, and
-after `failures` of them hands a LIVENESS_FAILED event to the restart keeper,
+after `failures` of them hands a `keeping.LivenessFailed` event to the restart keeper,
 which decides, through the agent's restart policy, what to do (and honours
 `cooldown`). The monitor acts on nothing itself. Called by the listener.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from orchestrator.core.keeping import LivenessFailed
 from orchestrator.host import probes
 from orchestrator.state import runtime
 from orchestrator.core.processes import UP_STATES
@@ -24,7 +25,7 @@ TICK = 0.25  # how often the monitor looks for a check that is due
 
 
 class LivenessMonitor:
-    def __init__(self, state_dir: str, client: Client, submit: Callable[[str, dict[str, str]], None], *,
+    def __init__(self, state_dir: str, client: Client, submit: Callable[[LivenessFailed], None], *,
                  log: Callable[[str], None], clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.state_dir, self.client, self.submit, self.log = state_dir, client, submit, log
@@ -72,7 +73,7 @@ class LivenessMonitor:
             if self.failed[name] >= probe.failures:
                 self.failed[name] = 0
                 detail = f"liveness {probes.describe(probe)} failed {probe.failures} times in a row: {result.detail}"
-                self.submit("LIVENESS_FAILED", {"groupname": name, "detail": detail})
+                self.submit(LivenessFailed(name, detail=detail))
 
     def _up_since(self, agent: Agent) -> float | None:
         """When the agent's newest process started (supervisord's clock), or None unless all are up."""

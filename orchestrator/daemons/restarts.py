@@ -1,12 +1,16 @@
-"""The restart keeper: carries out restart policies inside the event listener.
+"""The restart keeper: carries out the keeper's decisions inside the event listener.
 
-Owned here: turning supervisord's process-state events (and the starters'
-reports of failed readiness) into `policies.decide` calls, recording each
-agent's history (`runtime`), and scheduling restarts. After an agent's
-process ends, the keeper is the only actor that starts it again (see
-`ownership` for every phase's owner): apply, up, start and the boot sequence
-issue an agent's first start and then only wait for its outcome, which the
-keeper writes down (`AgentHistory.exits` moves once per decided end).
+Owned here: the shell around `keeping.decide`. It turns supervisord's
+process-state events, the starters' reports of failed readiness and the
+liveness monitor's failures into typed `keeping` events, reads the runtime
+state, asks the pure decision (under the runtime lock when it records), and
+carries the actions out: runtime file updates, timers, RPC calls, stops. What
+to do (the ownership table, the restart policy, the latch, the cooldown,
+`on_dependency_failure`, the give-up) is decided in `core.keeping` alone.
+After an agent's process ends, the keeper is the only actor that starts it
+again (see `ownership` for every phase's owner): apply, up, start and the boot
+sequence issue an agent's first start and then only wait for its outcome,
+which the keeper writes down (`AgentHistory.exits` moves once per decided end).
 
 Nothing is lost or doubled:
   * `on_event` runs in the listener's protocol thread, and the listener
@@ -17,37 +21,51 @@ Nothing is lost or doubled:
     agent as `last_event`) and not counted twice;
   * a delayed restart is a deadline in the runtime state, never a sleep: a
     listener that is killed and restarted picks up every pending restart at its
-    scheduled time.
+    scheduled time; supervisord starts once per decision (`start_once`).
 
-Three threads: the protocol thread (`on_event`), the timer thread (`run`:
-fires due restarts), and a worker for what waits (stops for a liveness failure
-or a dependency failure, bringing dependents back), so a slow stop never holds
-up another agent's restart. Agents are rendered with supervisord's autorestart
-off and startretries 0, so supervisord never restarts them itself.
+Threads: the protocol thread (`on_event`), the timer thread (`run`: fires due
+restarts, and never waits on a stop), a worker for liveness and dependency
+failures and recoveries (`run_worker`: it decides and records, and never waits
+on a stop either), and one thread per stop that waits (a liveness failure, a
+dependency failure, a restart overtaken by an operator's stop), which carries
+out what the decision put after the stop. So a stop bounded by a long
+stop_timeout never holds up another agent's restart, nor another agent's
+liveness or dependency handling. Bringing dependents back runs on a thread of
+its own too. Agents are rendered with supervisord's autorestart off and
+startretries 0, so supervisord never restarts them itself.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TypeAlias
 
-from orchestrator.core import ownership
-from orchestrator.state import runtime
-from orchestrator.operations.stopping import stop_in_order
-from orchestrator.core.processes import UP_STATES
-from orchestrator.supervisord.client import Client, SupervisorError
+from orchestrator.core import keeping
 from orchestrator.core.graph import Graph
-from orchestrator.state.history import History
+from orchestrator.core.keeping import (
+    CancelRestart, DependencyFailed, Ended, Event, FailDependents, GiveUp, LivenessFailed, NotReady, RecoverDependents,
+    Record, RestartDue, Running, ScheduleRestart, Skip, StartOnce, Stop, Stopped, World,
+)
 from orchestrator.core.model import Agent
-from orchestrator.core.policies import AgentHistory, Decision, Exit, decide
 from orchestrator.core.names import LOGS_DIR, process_names
-from orchestrator.operations.sequencer import COMM_TYPE, Event, Sequencer
+from orchestrator.core.policies import AgentHistory, Exit
+from orchestrator.core.processes import UP_STATES
+from orchestrator.operations.sequencer import COMM_TYPE, Event as Progress, Sequencer
+from orchestrator.operations.stopping import stop_in_order
+from orchestrator.state import runtime
+from orchestrator.state.history import History
+from orchestrator.supervisord.client import Client, SupervisorError
+
+Work: TypeAlias = LivenessFailed | DependencyFailed | Running
+
 
 class Keeper:
     def __init__(self, state_dir: str, client: Client, *, log: Callable[[str], None],
@@ -55,18 +73,35 @@ class Keeper:
                  supervisord_pid: int | None = None) -> None:
         self.state_dir, self.client, self.log, self.clock, self.rand = state_dir, client, log, clock, rand
         self.supervisord_pid = supervisord_pid if supervisord_pid is not None else os.getppid()
-        self.work: queue.Queue[tuple[str, dict[str, str]]] = queue.Queue()
+        self.work: queue.Queue[Work] = queue.Queue()
         self.timers: dict[str, float] = {}
         self._timers_lock = threading.Lock()
         self._wake = threading.Event()
         self.history = History(state_dir)
+        self._own_lock = threading.Lock()
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
+        self.stopping: dict[str, threading.Thread] = {}   # agent -> the thread stopping it, while it runs
         self.recovering: set[str] = set()
         self._graph: tuple[object, dict[str, list[str]]] | None = None
 
     def agents(self) -> Mapping[str, Agent]:
         current = self.history.current()
         return current.agents if current else {}
+
+    def world(self, live: runtime.RuntimeState) -> World:
+        return World(latched=live.latch is not None, standing_down=live.stand_down == self.supervisord_pid)
+
+    def _record(self, agent: Agent, event: Event, now: float) -> keeping.Decision:
+        """Decide on `event` under the runtime lock and record the agent's new history; the decision."""
+        taken: list[keeping.Decision] = []
+
+        def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
+            decision = keeping.decide(event, entry, agent, now, world=self.world(live), rand=self.rand())
+            taken.append(decision)
+            return decision.history
+
+        runtime.update_agent(self.state_dir, agent.name, change)  # calls `change` exactly once
+        return taken[0]
 
     # -- the protocol thread: one event at a time, acknowledged after this returns ------
 
@@ -79,9 +114,9 @@ class Keeper:
         elif event.startswith("PROCESS_STATE_"):
             self.handle(event, dict(payload), serial=serial)
 
-    def submit(self, event: str, payload: dict[str, str]) -> None:
+    def submit(self, event: Work) -> None:
         """From the liveness monitor: handled by the worker thread."""
-        self.work.put((event, payload))
+        self.work.put(event)
 
     def _on_comm(self, body: str, serial: str) -> None:
         try:
@@ -93,7 +128,8 @@ class Keeper:
         agent = self.agents().get(name)
         if agent is None or message.get("kind") != "not-ready":
             return
-        self._decide(agent, Exit(exitstatus=None, during_start=True, detail=detail), serial=serial, expect_exits=exits)
+        decision = self._record(agent, NotReady(name, exits=exits, detail=detail, serial=serial), self.clock())
+        self._carry_out(agent, decision.actions)
 
     def handle(self, event: str, payload: dict[str, str], *, serial: str = "") -> None:
         group = payload.get("groupname", "")
@@ -101,24 +137,22 @@ class Keeper:
         if agent is None:
             return
         state = event.removeprefix("PROCESS_STATE_")
-        if state in ("STARTING", "RUNNING"):  # started, by anyone: no longer waiting for a dependency
-            # Read first, write only when something changes: with every agent crash-looping the
+        if state in ("STARTING", "RUNNING"):
+            running = Running(group, running=state == "RUNNING")
+            # Read first, lock and write only when something changes: with every agent crash-looping the
             # keeper must keep up with two events a restart (the start time itself comes from
-            # supervisord when the process ends, see `process_times`).
-            if runtime.load_agent(self.state_dir, group).waiting_for:
-                runtime.update_agent(self.state_dir, group, lambda h, _: replace(h, waiting_for="") if h.waiting_for else None)
-            if state == "RUNNING" and self._dependents(group):
-                self.work.put(("RUNNING", {"groupname": group}))
+            # supervisord when the process ends, see `process_times`). A Running decision reads no world.
+            decision = keeping.decide(running, runtime.load_agent(self.state_dir, group), agent, self.clock(), world=World())
+            if decision.history is not None:
+                decision = self._record(agent, running, self.clock())
+            self._carry_out(agent, decision.actions)
             return
         if state == "STOPPED":
-            if group in self.expect_stop:
+            with self._own_lock:
+                by_keeper = group in self.expect_stop
                 self.expect_stop.discard(group)
-                return
-            with self._timers_lock:
-                cancelled = self.timers.pop(group, None) is not None
-            if cancelled:
-                self.log(f"{group}: stopped on request; its pending restart is cancelled")
-            runtime.update_agent(self.state_dir, group, lambda h, _: replace(h, next_restart_at=None) if h.next_restart_at else None)
+            decision = self._record(agent, Stopped(group, by_keeper=by_keeper), self.clock())
+            self._carry_out(agent, decision.actions)
             return
         if state not in ("EXITED", "FATAL"):
             return
@@ -131,66 +165,69 @@ class Keeper:
         # FATAL: supervisord could not start it at all (startsecs is 0, so never "exited too quickly")
         ended = Exit(exitstatus=None if state == "FATAL" else exitstatus, expected=payload.get("expected") == "1",
                      during_start=state == "FATAL")
-        self._decide(agent, ended, serial=serial, started=began, at=min(ended_at, self.clock()) if ended_at else None)
+        now = min(ended_at, self.clock()) if ended_at else self.clock()
+        decision = self._record(agent, Ended(group, ended, serial=serial, started=began), now)
+        self._carry_out(agent, decision.actions)
 
-    def _decide(self, agent: Agent, ended: Exit, *, serial: str, expect_exits: int | None = None,
-                started: float | None = None, at: float | None = None) -> None:
-        """Decide on one end of `agent` (at time `at`, default now; its process started at `started`, if known)
-        and record it; carry the decision out (or hand it to the worker)."""
+    # -- carrying out --------------------------------------------------------------------
+
+    def _carry_out(self, agent: Agent, actions: Sequence[keeping.Action]) -> None:
+        """Carry out `actions` in order. A `Stop` waits: it, and every action after it, go to a thread of their own."""
         name = agent.name
-        now = at or self.clock()
-        outcome: list[tuple[Decision, ownership.Rule]] = []
+        for index, action in enumerate(actions):
+            if isinstance(action, Stop):
+                if action.keeps_restart:
+                    with self._own_lock:
+                        self.expect_stop.add(name)
+                self.log(f"{name}: {action.reason}")
+                self._stop_then([name], {}, then=functools.partial(self._carry_out, agent, actions[index + 1:]))
+                return
+            if isinstance(action, ScheduleRestart):
+                self._arm(name, action.at)
+                self.log(f"{name}: {action.reason}")
+            elif isinstance(action, GiveUp):
+                self.log(f"{name}: GIVEN UP: {action.reason}")
+                self._log_stderr(agent)
+            elif isinstance(action, Record):
+                self.log(f"{name}: {action.reason}")
+            elif isinstance(action, CancelRestart):
+                with self._timers_lock:
+                    cancelled = self.timers.pop(name, None) is not None
+                if cancelled:
+                    self.log(f"{name}: {action.reason}")
+            elif isinstance(action, FailDependents | RecoverDependents):
+                if self._dependents(action.dependency):
+                    self.work.put(DependencyFailed(action.dependency) if isinstance(action, FailDependents)
+                                  else Running(action.dependency, running=True))
+            elif isinstance(action, StartOnce | Skip):
+                pass  # StartOnce is the timer thread's own (see `fire`); Skip: nothing to do
 
-        def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
-            if serial and entry.last_event == serial:
-                return None  # delivered again after the listener died holding it: already counted
-            if expect_exits is not None and entry.exits != expect_exits:
-                return None  # the attempt this report is about was already decided (it exited first)
-            pending = entry.next_restart_at is not None
-            if pending and started and entry.decided_at is not None and started >= entry.decided_at:
-                # The pending restart was carried out (its listener died before clearing the mark): this is
-                # the end of the process it started, to be decided like any other.
-                pending = False
-                entry = replace(entry, next_restart_at=None)
-            phase = ownership.phase_of(latched=live.latch is not None, standing_down=live.stand_down == self.supervisord_pid,
-                                       given_up=entry.given_up, stopped=entry.stopped,
-                                       restart_pending=pending, up=False, ready=False)
-            rule = ownership.rule(phase, "not-ready" if expect_exits is not None else "exited")
-            if started:
-                entry = replace(entry, started_at=started)
-            if rule.act in ("decide", "count"):
-                early = entry.started_at is not None and now - entry.started_at < agent.min_uptime
-                decision = decide(replace(ended, during_start=ended.during_start or early), entry, agent.restart, now,
-                                  rand=self.rand())
-                if rule.act == "count" and decision.action == "restart":
-                    decision = replace(decision, action="record", reason=f"{decision.reason}; not restarted: {phase}",
-                                       history=replace(decision.history, next_restart_at=None))
-            else:
-                decision = Decision("record", reason=f"ended while {phase}: {rule.why}", history=entry)
-            outcome.append((decision, rule))
-            if decision.action != "restart":  # a decision that only records keeps a pending restart as it was
-                return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event)
-            return replace(decision.history, exits=entry.exits + 1, last_event=serial or entry.last_event, decided_at=now,
-                           restart_token=f"{name}#{entry.exits + 1}")
+    def _stop_then(self, names: list[str], depends_on: Mapping[str, Sequence[str]], *,
+                   then: Callable[[], None] = lambda: None) -> None:
+        """Stop `names` (dependents first) on a thread of its own, then call `then` there: the caller never waits."""
+        def run() -> None:
+            try:
+                self._guarded(stop_in_order, self.client, names, depends_on)
+                self._guarded(then)
+            finally:
+                with self._own_lock:
+                    for name in names:
+                        if self.stopping.get(name) is threading.current_thread():
+                            del self.stopping[name]
 
-        runtime.update_agent(self.state_dir, name, change)
-        if not outcome:
-            return
-        decision, rule = outcome[0]
-        self._carry_out(name, decision, agent)
-        if rule.act == "decide" and (decision.action in ("restart", "give-up") or not ended.expected) \
-                and self._dependents(name):
-            self.work.put(("DEPENDENCY_FAILED", {"groupname": name}))
+        thread = threading.Thread(target=run, name=f"stop-{'+'.join(names)}", daemon=True)
+        with self._own_lock:
+            for name in names:
+                self.stopping[name] = thread
+        thread.start()
 
-    def _carry_out(self, name: str, decision: Decision, agent: Agent) -> None:
-        if decision.action == "restart":
-            self._arm(name, decision.history.next_restart_at or self.clock())
-            self.log(f"{name}: {decision.reason}")
-        elif decision.action == "give-up":
-            self.log(f"{name}: GIVEN UP: {decision.reason}")
-            self._log_stderr(agent)
-        elif decision.action == "record":
-            self.log(f"{name}: {decision.reason}")
+    def _stops_done(self, names: Sequence[str]) -> None:
+        """Wait for the keeper's stops of `names` in progress (called only from threads that may wait)."""
+        with self._own_lock:
+            threads = {self.stopping[n] for n in names if n in self.stopping}
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def _arm(self, name: str, at: float) -> None:
         with self._timers_lock:
@@ -225,7 +262,7 @@ class Keeper:
             for name in firing:
                 self._guarded(self.fire, name)
 
-    def _guarded(self, action: Callable[..., None], *args: object) -> None:
+    def _guarded(self, action: Callable[..., object], *args: object) -> None:
         try:
             action(*args)
         except (SupervisorError, OSError) as exc:  # supervisord busy or going away: keep going
@@ -242,79 +279,48 @@ class Keeper:
         with the same token and nothing starts twice; the pending mark is cleared only
         after the start. Should an operator's stop, `down` or an emergency stop have been
         recorded between the check and the start, the process just started is stopped
-        again: what the operator recorded wins.
+        again, on a thread of its own: what the operator recorded wins.
         """
         agent = self.agents().get(name)
         if agent is None:
             return
         entry = runtime.load_agent(self.state_dir, name)
-        if not self._may_fire(entry, runtime.load_global(self.state_dir)):
+        due = keeping.decide(RestartDue(name), entry, agent, self.clock(), world=self.world(runtime.load_global(self.state_dir)))
+        start = next((a for a in due.actions if isinstance(a, StartOnce)), None)
+        if start is None:
             return
-        token = entry.restart_token or f"{name}#{entry.exits}"  # one token per restart decision
         started = False
         for process in process_names(agent):
-            started = self.client.start_once(process, token=token) or started
-        cancelled: list[bool] = []
+            started = self.client.start_once(process, token=start.token) or started
+        after: list[keeping.Decision] = []
 
-        def done(now: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
-            same = now.restart_token == entry.restart_token and now.decided_at == entry.decided_at
-            cancelled.append(not self._may_fire(now, live) and same)
-            return replace(now, next_restart_at=None) if same and now.next_restart_at is not None else None
+        def done(current: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
+            decision = keeping.after_restart(entry, current, self.world(live), started=started)
+            after.append(decision)
+            return decision.history
 
         runtime.update_agent(self.state_dir, name, done)
-        if cancelled and cancelled[0] and started:
-            self.log(f"{name}: stopped again: it was stopped or latched while its restart was being carried out")
-            stop_in_order(self.client, [name], {})
-        elif started:
-            self.log(f"{name}: restarted")
+        if after:
+            self._carry_out(agent, after[0].actions)
 
-    def _may_fire(self, entry: AgentHistory, live: runtime.RuntimeState) -> bool:
-        return not (live.latch is not None or live.stand_down == self.supervisord_pid or entry.given_up or entry.stopped
-                    or entry.next_restart_at is None or entry.waiting_for)
-
-    # -- the worker thread: what waits -------------------------------------
+    # -- the worker thread: liveness and dependency failures, recoveries; it never waits on a stop ------
 
     def run_worker(self) -> None:
         while True:
-            event, payload = self.work.get()
-            self._guarded(self._work, event, payload)
+            self._guarded(self._work, self.work.get())
 
-    def _work(self, event: str, payload: dict[str, str]) -> None:
-        name = payload.get("groupname", "")
-        agent = self.agents().get(name)
+    def _work(self, event: Work) -> None:
+        if isinstance(event, DependencyFailed):
+            self.dependency_failed(event.dependency)
+            return
+        agent = self.agents().get(event.agent)
         if agent is None:
             return
-        if event == "LIVENESS_FAILED":
-            self.liveness_failed(agent, payload.get("detail", "liveness failed"), self.clock())
-        elif event == "DEPENDENCY_FAILED":
-            self.dependency_failed(name)
-        elif event == "RUNNING":
-            self.recover_dependents(name)
-
-    def liveness_failed(self, agent: Agent, detail: str, now: float) -> None:
-        """A running agent failed its liveness probe: restart it through its policy, unless in cooldown."""
-        name = agent.name
-        outcome: list[Decision] = []
-
-        def change(entry: AgentHistory, live: runtime.RuntimeState) -> AgentHistory | None:
-            if entry.given_up or entry.stopped or live.latch is not None or live.stand_down == self.supervisord_pid:
-                return None
-            if entry.in_cooldown(agent.resources.cooldown, now):
-                self.log(f"{name}: {detail}; no action: in cooldown for {agent.resources.cooldown:g}s after the last one")
-                return None
-            decision = decide(Exit(exitstatus=None, detail=detail), entry, agent.restart, now, rand=self.rand())
-            decision = replace(decision, history=replace(decision.history, last_action_at=now))
-            outcome.append(decision)
-            return replace(decision.history, exits=entry.exits + 1)
-
-        runtime.update_agent(self.state_dir, name, change)
-        if not outcome:
-            return
-        self.expect_stop.add(name)
-        self.log(f"{name}: {detail}: stopping it")
-        stop_in_order(self.client, [name], {})
-        self._carry_out(name, outcome[0], agent)
-        self.dependency_failed(name)
+        if isinstance(event, LivenessFailed):
+            decision = self._record(agent, event, self.clock())
+            self._carry_out(agent, decision.actions)
+        else:
+            self.recover_dependents(event.agent)
 
     # -- dependency failure ----------------------------------------------
 
@@ -325,37 +331,28 @@ class Keeper:
             return []
         if self._graph is None or self._graph[0] is not current:
             graph = Graph.of_agents(current.agents)
-            acting = {n: [d for d in graph.dependents(n) if current.agents[d].on_dependency_failure != "ignore"]
-                      for n in current.agents}
-            self._graph = (current, acting)
+            self._graph = (current, {n: keeping.acting(current.agents, graph.dependents(n)) for n in current.agents})
         return self._graph[1].get(name, [])
 
     def dependency_failed(self, name: str) -> None:
-        """`name` stopped being ready: its dependents act on their on_dependency_failure."""
+        """`name` stopped being ready: its dependents act on their on_dependency_failure (the stops on their own thread)."""
         agents = self.agents()
-        acting = self._dependents(name)
-        if not acting:
+        dependents = self._dependents(name)
+        if not dependents:
             return
         with runtime.changing(self.state_dir) as live:
-            if live.latch is not None or live.stand_down == self.supervisord_pid:
-                return
-            acting = [d for d in acting if not live.agent(d).stopped]
-            for dependent in acting:
-                if not live.agent(dependent).waiting_for:
-                    live.agents[dependent] = replace(live.agent(dependent), waiting_for=name)
-        if not acting:
-            return
-        stopping = [d for d in acting if agents[d].on_dependency_failure == "stop"]
-        waiting = [d for d in acting if d not in stopping]
-        if stopping:
-            self.log(f"{name} is not ready: stopping {', '.join(stopping)} until it is")
-            stop_in_order(self.client, stopping, {n: a.depends_on for n, a in agents.items()})
-        if waiting:
-            self.log(f"{name} is not ready: {', '.join(waiting)} will restart once it is back")
+            decision = keeping.on_dependency_failure(name, dependents, agents, live.agents, world=self.world(live))
+            live.agents.update(decision.histories)
+        if decision.stop:
+            self.log(f"{name} is not ready: stopping {', '.join(decision.stop)} until it is")
+            self._stop_then(list(decision.stop), {n: a.depends_on for n, a in agents.items()})
+        if decision.wait:
+            self.log(f"{name} is not ready: {', '.join(decision.wait)} will restart once it is back")
 
     def recover_dependents(self, name: str) -> None:
         """`name` is running again: once it is ready, bring back (in order) the dependents waiting for it."""
-        waiting = sorted(n for n in self._dependents(name) if runtime.load_agent(self.state_dir, n).waiting_for == name)
+        dependents = self._dependents(name)
+        waiting = keeping.waiting_for(name, dependents, {n: runtime.load_agent(self.state_dir, n) for n in dependents})
         if waiting and name not in self.recovering:
             self.recovering.add(name)
             threading.Thread(target=self._recover, args=(name, waiting), name=f"recover-{name}", daemon=True).start()
@@ -363,7 +360,7 @@ class Keeper:
     def _recover(self, name: str, waiting: list[str]) -> None:
         agents = self.agents()
 
-        def say(event: Event) -> None:
+        def say(event: Progress) -> None:
             self.log(f"{event.agent}: {event.kind} {event.detail}".rstrip())
 
         try:
@@ -371,7 +368,8 @@ class Keeper:
             if not back.ok:  # running, but not ready: its own restart policy deals with it; they keep waiting
                 self.log(f"{name} is running but not ready; {', '.join(waiting)} keep waiting for it")
                 return
-            restart = [d for d in waiting if agents[d].on_dependency_failure == "restart"]
+            self._stops_done(waiting)  # a dependent still being stopped is started only once it is down
+            restart = keeping.to_restart_when_back(waiting, agents)
             if restart:
                 stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
             with runtime.changing(self.state_dir) as live:

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-from tests.integration.conftest import crasher, gaps, stamps, wait_until, within
+from tests.integration.conftest import crasher, free_ports, gaps, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +73,80 @@ def test_stable_uptime_past_reset_after_makes_the_next_restart_use_the_first_del
     seen = gaps(log)[:3]
     # crash after 0.2 s: first delay; up 2 s > reset_after: first delay again; crash after 0.2 s: doubled
     assert all(within(g, e) for g, e in zip(seen, [0.5, 0.5, 1.0], strict=True)), seen
+
+
+# An agent whose stop waits: it logs its start, every SIGTERM and a heartbeat every 0.1 s, and goes on after SIGTERM,
+# so supervisord ends it with SIGKILL once its stop_timeout is over (its last heartbeat is about then).
+STUBBORN = """#!/bin/sh
+trap 'echo "term $(date +%s.%N) $$" >> "$1"' TERM
+echo "start $(date +%s.%N) $$" >> "$1"
+while true; do echo "alive $(date +%s.%N) $$" >> "$1"; sleep 0.1; done
+"""
+STOP_TIMEOUT = 6.0
+
+
+@pytest.mark.parametrize("why", ["liveness", "dependency"])
+def test_a_stop_that_waits_never_delays_another_agents_pending_restart(project, why):
+    """The keeper stops an agent that ignores SIGTERM (for a failed liveness probe, or because a dependency gave up);
+    while that stop waits out its stop_timeout, a crash-looping agent is still restarted on its schedule, and another
+    agent's liveness failure is acted on at once.
+
+    Regression: the keeper carried out these stops on its one worker thread, so another agent's liveness failure
+    waited behind the stop (4.4 s late here), and with it that agent's restart."""
+    stubborn_log = project.root / "stubborn.times"
+    script = project.root / "stubborn.sh"
+    script.write_text(STUBBORN)
+    script.chmod(0o755)
+    if why == "liveness":
+        # nothing listens on the port: the probe fails once the 1 s warm-up is over; one action per minute at most
+        free, sick = free_ports(2)
+        trouble = (f'liveness: {{tcp: "127.0.0.1:{free}", period: 0.5s, failures: 1, timeout: 0.5s}}\n'
+                   "resources: {warmup: 1s, cooldown: 60s}\n")
+        # and a second agent whose liveness fails 2.5 s after it is ready, while the first one's stop still waits
+        project.toy("sick", sick, extra=["--close-after", "2.5"],
+                    more=f'liveness: {{tcp: "127.0.0.1:{sick}", period: 0.3s, failures: 1, timeout: 0.5s}}\n'
+                         "resources: {warmup: 0s, cooldown: 60s}\nrestart: {policy: delayed, delay: 1s, max_attempts: 10}\n")
+    else:
+        flag = project.root / "feed-healthy"
+        flag.write_text("")
+        feed_log = crasher(project, "feed", restart="{policy: immediate, max_attempts: 1}", flag=flag)
+        trouble = "depends_on: [feed]\non_dependency_failure: stop\n"
+    project.write("agents/stubborn.yaml", f'name: stubborn\ncommand: ["{script}", "{stubborn_log}"]\n'
+                  f"restart: {{policy: delayed, delay: 1s, max_attempts: 10}}\nstop_timeout: {STOP_TIMEOUT:g}s\n" + trouble)
+    log = crasher(project, "crasher", restart="{policy: delayed, delay: 1s, max_attempts: 1000}", extra="min_uptime: 0s\n")
+    up = project.run("up")  # may fail or pass: the crasher crashes 0.2 s after each start
+    assert stamps(stubborn_log, "start"), up.stdout + up.stderr
+    if why == "dependency":
+        flag.unlink()
+        os.kill(int(feed_log.read_text().split()[2]), signal.SIGKILL)  # feed's pid, as it logged it: it fails once, given up
+        wait_until(lambda: project.runtime("feed").get("given_up"), 20, message="feed to be given up")
+    wait_until(lambda: stamps(stubborn_log, "term"), 20, message="the keeper to stop the stubborn agent")
+    term = stamps(stubborn_log, "term")[0]
+    first = stubborn_log.read_text().split()[2]  # the pid of its first run
+
+    def heartbeats() -> list[float]:
+        return [float(line.split()[1]) for line in stubborn_log.read_text().splitlines()
+                if line.startswith("alive ") and line.split()[2] == first]
+
+    wait_until(lambda: heartbeats()[-1] < time.time() - 1.0, 30, message="the stubborn agent to be killed")
+    killed = heartbeats()[-1]
+    listener_log = (project.state / "logs" / "_orchestrator.log").read_text()
+    assert killed - term >= STOP_TIMEOUT - 1.5, f"the stop did not wait: TERM at {term}, last heartbeat {killed}"
+    # every restart of the crasher decided while the stop waited came about 1 s after its exit, not after the stop
+    exits, starts = stamps(log, "exit"), stamps(log, "start")
+    during = [(e, next(s for s in starts if s > e)) for e in exits if term <= e <= killed - 2.0 and any(s > e for s in starts)]
+    assert len(during) >= 2, f"crasher exits {exits}, starts {starts}; stop {term}..{killed}\n{listener_log}"
+    late = [round(s - e, 3) for e, s in during if not 0.9 <= s - e <= 2.0]
+    assert not late, f"restarts not 1 s after their exit while the stop waited: {late}\n{listener_log}"
+    assert any(term <= s <= killed - 0.5 for _, s in during), "no restart fired while the stop was waiting"
+    if why == "liveness":  # and the stubborn agent itself is restarted by its policy once it is down
+        wait_until(lambda: len(stamps(stubborn_log, "start")) >= 2, 20, message="the stubborn agent's restart")
+        assert stamps(stubborn_log, "start")[1] >= killed, listener_log
+        # the other agent's liveness failure, during that stop, was acted on at once: stopped and restarted
+        wait_until(lambda: sum(1 for n, w, *_ in project.events() if n == "sick" and w == "start") >= 2, 20,
+                   message="the sick agent's restart")
+        sick_times = {w: sorted(t for n, what, t, _ in project.events() if n == "sick" and what == w)
+                      for w in ("unhealthy", "stop", "start")}
+        unhealthy, stopped, restarted = sick_times["unhealthy"][0], sick_times["stop"][0], sick_times["start"][1]
+        assert term <= unhealthy <= killed - 3.0, f"not during the stop: {sick_times}; stop {term}..{killed}"
+        assert stopped - unhealthy <= 2.5 and restarted - stopped <= 3.0, f"{sick_times}; stop {term}..{killed}\n{listener_log}"

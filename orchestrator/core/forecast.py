@@ -1,0 +1,158 @@
+"""Forecasts of a growing figure (memory, open files) reaching its limit, and the PREDICTED alert's decision.
+
+Owned here, pure: the sliding `Window` of one agent's samples of one metric,
+the robust slope (`theil_sen`), the `forecast` of when the limit is reached,
+and `predicted`, which decides with hysteresis whether the PREDICTED alert
+fires. The exporter keeps a window per (agent, metric), adds each sample with
+the time and the start time of the process it came from, and asks; nothing
+here reads a clock or a process.
+
+    window     at most `max_samples` samples, none older than `max_age`; a new
+               process start time empties it (a sawtooth of restarts is not a leak)
+    slope      Theil-Sen: the median of the slopes between every pair of samples,
+               so one spike does not make a trend; above MAX_PAIRS_POINTS samples,
+               an evenly spaced subset (deterministic) is used
+    band       Sen's confidence interval of that slope (the ranks of the sorted
+               pairwise slopes around the median, z = 1.96)
+    forecast   none until the window holds `min_samples` samples spanning a
+               quarter of the horizon; then the seconds until the fitted line
+               reaches the limit: a point, and the earliest and latest of the band
+    PREDICTED  fires when the point forecast is within the horizon and headroom
+               is below `fire_below`; resolves only when the forecast is beyond
+               `resolve_margin` times the horizon (or never) or headroom is back
+               above `resolve_above`
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, replace
+
+# Up to this many samples every pair is used (about 45,000 pairs); above it, an evenly spaced subset of this size.
+MAX_PAIRS_POINTS = 300
+# Sen's interval: z of a two-sided 95% normal interval.
+BAND_Z = 1.96
+
+
+@dataclass(frozen=True)
+class Window:
+    """The recent samples, (time, value), of one metric of one process, oldest first."""
+
+    samples: tuple[tuple[float, float], ...] = ()
+    started_at: float | None = None    # the start time of the process the samples came from
+    # A fit costs n(n-1)/2 slopes: 120 samples about 1 ms, 300 about 10 ms. A sample every minute for two hours
+    # keeps forecasts of a few hours' horizon cheap at the exporter's every scrape.
+    max_samples: int = 120
+    min_interval: float = 60.0         # a sample sooner than this after the last one kept is skipped
+    max_age: float = 6 * 3600.0
+
+    def add(self, t: float, value: float, started_at: float | None) -> Window:
+        """This window with the sample added; emptied first if it comes from another process than the others."""
+        kept = self.samples if started_at == self.started_at else ()
+        if kept and t - kept[-1][0] < self.min_interval:
+            return self if kept is self.samples else replace(self, samples=((t, value),), started_at=started_at)
+        kept = tuple(s for s in kept if t - s[0] <= self.max_age and s[0] < t) + ((t, value),)
+        return replace(self, samples=kept[-self.max_samples:], started_at=started_at)
+
+    @property
+    def span(self) -> float:
+        return self.samples[-1][0] - self.samples[0][0] if self.samples else 0.0
+
+
+def _subset(points: tuple[tuple[float, float], ...] | list[tuple[float, float]]) -> list[tuple[float, float]]:
+    n = len(points)
+    if n <= MAX_PAIRS_POINTS:
+        return list(points)
+    return [points[(i * (n - 1)) // (MAX_PAIRS_POINTS - 1)] for i in range(MAX_PAIRS_POINTS)]
+
+
+def pairwise_slopes(points: tuple[tuple[float, float], ...] | list[tuple[float, float]]) -> list[float]:
+    """The slopes between every pair of points with distinct times (of the subset, above MAX_PAIRS_POINTS), sorted."""
+    pts = _subset(points)
+    slopes = [(y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(pts) for x2, y2 in pts[i + 1:] if x2 != x1]
+    slopes.sort()
+    return slopes
+
+
+def theil_sen(points: tuple[tuple[float, float], ...] | list[tuple[float, float]]) -> tuple[float, float]:
+    """(slope, intercept) of the Theil-Sen line: the median pairwise slope, and the median of y - slope * x."""
+    slopes = pairwise_slopes(points)
+    if not slopes:
+        raise ValueError("a slope needs two points at different times")
+    slope = statistics.median(slopes)
+    return slope, statistics.median(y - slope * x for x, y in points)
+
+
+def sen_band(slopes: list[float], n: int, z: float = BAND_Z) -> tuple[float, float]:
+    """Sen's confidence interval of the median slope, from the sorted pairwise `slopes` of `n` points."""
+    count = len(slopes)
+    c = z * math.sqrt(n * (n - 1) * (2 * n + 5) / 18.0)
+    low = max(0, min(count - 1, math.floor((count - c) / 2.0)))
+    high = max(0, min(count - 1, math.ceil((count + c) / 2.0)))
+    return slopes[low], slopes[high]
+
+
+@dataclass(frozen=True)
+class Forecast:
+    slope: float                      # per second
+    low_slope: float
+    high_slope: float
+    level: float                      # the fitted value at `now`
+    limit: float
+    seconds: float | None             # until the fitted line reaches the limit; None: never (not growing)
+    earliest: float | None            # with the band's highest slope
+    latest: float | None              # with its lowest; None: possibly never
+    samples: int
+    span: float
+
+
+def _until(level: float, limit: float, slope: float) -> float | None:
+    if level >= limit:
+        return 0.0
+    return (limit - level) / slope if slope > 0 else None
+
+
+def forecast(window: Window, limit: float, horizon: float, now: float, *, min_samples: int = 10) -> Forecast | None:
+    """When the window's trend reaches `limit`, seen at `now`; None until there is enough to say."""
+    if len(window.samples) < max(2, min_samples) or window.span < horizon / 4.0:
+        return None
+    slopes = pairwise_slopes(window.samples)
+    if not slopes:
+        return None
+    slope = statistics.median(slopes)
+    intercept = statistics.median(y - slope * x for x, y in window.samples)
+    low, high = sen_band(slopes, min(len(window.samples), MAX_PAIRS_POINTS))
+    level = intercept + slope * now
+    return Forecast(slope=slope, low_slope=low, high_slope=high, level=level, limit=limit,
+                    seconds=_until(level, limit, slope), earliest=_until(level, limit, high),
+                    latest=_until(level, limit, low), samples=len(window.samples), span=window.span)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """The PREDICTED alert's state for one agent and metric; persisted by whoever asks."""
+
+    firing: bool = False
+    since: float | None = None        # when it started firing
+    seconds: float | None = None      # the forecast when it last fired or was kept firing
+
+
+def predicted(state: Predicted, fc: Forecast | None, headroom: float, now: float, *, horizon: float,
+              fire_below: float = 0.2, resolve_above: float = 0.3, resolve_margin: float = 1.5) -> tuple[bool, Predicted]:
+    """Whether PREDICTED fires, and the new state. `headroom` is (limit - value) / limit now.
+
+    Fires when the forecast reaches the limit within `horizon` and headroom is under `fire_below`.
+    Once firing it stays so, with no forecast too, until the forecast is beyond `resolve_margin` × horizon
+    (or says never) or headroom is above `resolve_above`: a series hovering at the threshold does not flap.
+    """
+    within = fc is not None and fc.seconds is not None and fc.seconds < horizon
+    if not state.firing:
+        if within and headroom < fire_below:
+            return True, Predicted(True, now, fc.seconds if fc else None)
+        return False, state
+    recovered = headroom > resolve_above
+    receded = fc is not None and (fc.seconds is None or fc.seconds > horizon * resolve_margin)
+    if recovered or receded:
+        return False, Predicted()
+    return True, replace(state, seconds=fc.seconds if fc else state.seconds)

@@ -55,9 +55,12 @@ _thresholds = Record(
     fields={
         "warning": Field(Number(min=0), "alert at warning severity above this"),
         "critical": Field(Number(min=0), "alert at critical severity above this"),
-        "limit": Field(Number(min=0, exclusive_min=True), "enforced: the agent is restarted above this"),
+        "limit": Field(Number(min=0, exclusive_min=True), "enforced (resources.on_limit): the agent is restarted at this"),
+        "for": Field(Duration(), "a level fires only after the value stays at or above it this long", default=0.0),
+        "hysteresis": Field(Number(min=0, max=0.9), "a firing level resolves below itself less this fraction of it",
+                            default=0.1),
     },
-    build=model.Thresholds,
+    build=lambda **values: model.Thresholds(**{k: v for k, v in values.items() if k != "for"}, for_seconds=values["for"]),
     what="a mapping of warning, critical, limit",
 )
 
@@ -90,6 +93,10 @@ _resources = Record(
     fields={
         "cpu_percent": Field(_thresholds, "CPU use in percent of one core", default=model.Thresholds()),
         "memory_mb": Field(_thresholds, "resident memory in MB (all replicas' processes count alone)", default=model.Thresholds()),
+        "open_fds": Field(_thresholds, "open file descriptors of the agent's processes", default=model.Thresholds()),
+        "on_limit": Field(Enum(choices=model.LIMIT_ACTIONS, noun="action"),
+                          "what a reached limit does: restart (through the restart policy), stop, or alert only",
+                          default="restart"),
         "open_files": Field(Int(min=1), "limit on open file descriptors (RLIMIT_NOFILE)"),
         "nice": Field(Int(min=-20, max=19), "scheduling niceness"),
         "cpu_affinity": Field(ListOf(Int(min=0), min_items=1, unique=True), "CPUs the agent may run on"),

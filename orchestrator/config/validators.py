@@ -171,7 +171,7 @@ def thresholds_in_order(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
     resources: model.Resources | None = draft.value("resources")
     if resources is None:
         return
-    for metric in ("cpu_percent", "memory_mb"):
+    for metric in ("cpu_percent", "memory_mb", "open_fds"):
         levels: model.Thresholds = getattr(resources, metric)
         previous: tuple[str, float] | None = None
         for level in ("warning", "critical", "limit"):

@@ -24,6 +24,7 @@ RestartPolicyName = Literal["immediate", "delayed", "exponential-backoff", "manu
 DependencyFailure = Literal["restart", "stop", "ignore"]
 
 RESTART_POLICIES: tuple[str, ...] = ("immediate", "delayed", "exponential-backoff", "manual")
+LIMIT_ACTIONS: tuple[str, ...] = ("restart", "stop", "alert")   # resources.on_limit
 DEPENDENCY_FAILURE_ACTIONS: tuple[str, ...] = ("restart", "stop", "ignore")
 STOP_SIGNALS: tuple[str, ...] = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 
@@ -77,17 +78,21 @@ class RestartPolicy:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """warning < critical < limit; any may be absent. `limit` is enforced, the others alert."""
+    """warning < critical < limit; any may be absent. `limit` is enforced, the others alert (see core.alerts)."""
 
     warning: float | None = None
     critical: float | None = None
     limit: float | None = None
+    for_seconds: float = 0.0    # `for` in a manifest: how long a value stays above a level before it fires
+    hysteresis: float = 0.1     # a firing level resolves below (1 - hysteresis) x itself
 
 
 @dataclass(frozen=True)
 class Resources:
     cpu_percent: Thresholds = field(default_factory=Thresholds)
     memory_mb: Thresholds = field(default_factory=Thresholds)
+    open_fds: Thresholds = field(default_factory=Thresholds)
+    on_limit: str = "restart"   # what a reached limit does: restart, stop, or alert only
     open_files: int | None = None
     nice: int | None = None
     cpu_affinity: tuple[int, ...] | None = None
@@ -258,6 +263,7 @@ def agent_from_plain(data: Mapping[str, Any]) -> Agent:
         "restart": RestartPolicy(**{**restart, "exit_codes": tuple(restart["exit_codes"])}),
         "resources": Resources(**{**resources, "cpu_percent": Thresholds(**resources["cpu_percent"]),
                                   "memory_mb": Thresholds(**resources["memory_mb"]),
+                                  "open_fds": Thresholds(**resources.get("open_fds", {})),
                                   "cpu_affinity": _tuple(resources.get("cpu_affinity"))}),
         "sandbox": Sandbox(**data["sandbox"]),
         "logs": Logs(**data["logs"]),

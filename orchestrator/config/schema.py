@@ -182,10 +182,12 @@ _settings_fields: dict[str, Field] = {
     }, build=model.Exporter, what="an exporter mapping"), "metrics exporter", default=model.Exporter()),
     "notifications": Field(ListOf(Record(fields={
         "name": Field(Str(), "target name", required=True),
-        "type": Field(Enum(choices=("webhook",), noun="type"), "kind of target", default="webhook"),
-        "url": Field(Str(what="an http:// or https:// URL"), "where alerts are posted", required=True),
-        "min_severity": Field(Enum(choices=("warning", "critical"), noun="severity"), "lowest severity sent", default="warning"),
-    }, build=model.Notification, what="a notification mapping")), "alert notification targets", default=()),
+        "type": Field(Enum(choices=("webhook", "command"), noun="type"), "kind of target", default="webhook"),
+        "url": Field(Str(what="an http:// or https:// URL"), "webhook: where alerts are posted (JSON)", default=""),
+        "command": Field(ListOf(Str(), min_items=1), "command: run with the alert as JSON on its stdin", default=()),
+        "min_severity": Field(Enum(choices=model.SEVERITIES, noun="severity"), "lowest severity sent", default="warning"),
+    }, build=lambda **values: model.Notification(**{**values, "command": tuple(values["command"])}),
+        what="a notification mapping")), "alert notification targets", default=()),
     "grafana": Field(Record(fields={
         "url": Field(Str(what="an http:// or https:// URL"), "Grafana's address", default="http://127.0.0.1:3000"),
         "folder": Field(Str(), "dashboard folder", default="Orchestrator"),

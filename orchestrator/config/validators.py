@@ -383,7 +383,19 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
         urls.append(("grafana.url", _child(node, "grafana", "url"), grafana.url))
     notifications = values.get("notifications")
     if isinstance(notifications, tuple):
-        urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url) for i, n in enumerate(notifications)]
+        for i, target in enumerate(notifications):
+            needs, other = ("url", "command") if target.type == "webhook" else ("command", "url")
+            if not getattr(target, needs):
+                where = _child(node, "notifications", i)
+                found.append(_error(where.loc if where else node.loc, f"notifications[{i}]",
+                                    f"a {target.type} target needs `{needs}` (expected {needs} set)"))
+            elif getattr(target, other):
+                where = _child(node, "notifications", i, other)
+                found.append(_error(where.loc if where else node.loc, f"notifications[{i}].{other}",
+                                    f"a {target.type} target takes no `{other}` (expected type: {other} "
+                                    "for it, in a target of its own)"))
+        urls += [(f"notifications[{i}].url", _child(node, "notifications", i, "url"), n.url)
+                 for i, n in enumerate(notifications) if n.url]
     for key, where, url in urls:
         problem = _url_problem(url)
         if problem:

@@ -155,10 +155,16 @@ class Exporter:
 
 @dataclass(frozen=True)
 class Notification:
+    """Where alerts are sent: a webhook (a JSON POST) or a command (the same JSON on its stdin)."""
+
     name: str
-    url: str
+    url: str = ""                      # type webhook
+    command: tuple[str, ...] = ()      # type command
     type: str = "webhook"
-    min_severity: str = "warning"
+    min_severity: str = "warning"      # the lowest severity sent (see SEVERITIES)
+
+
+SEVERITIES: tuple[str, ...] = ("warning", "predicted", "critical", "emergency")   # lowest first
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -35,6 +36,7 @@ from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, client_for, compute
 from orchestrator.supervisord.client import Client
 from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
+from orchestrator.state import alerts as alert_history
 from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
@@ -564,6 +566,39 @@ def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
     latched = "latched until `orchestrator emergency-clear`" if report.latched else "NOT latched (see the warning above)"
     click.echo(click.style(f"Emergency stop: {report.signalled} process(es) signalled, {report.killed} of them killed; "
                            f"{latched}.", fg="red", bold=True))
+
+
+@cli.command("alerts")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: {\"active\": [...], \"recent\": [...]}, each alert with key, agent, metric, level, kind, "
+                   "value, threshold, at (seconds since the epoch) and summary.")
+@click.option("--recent", "count", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the latest firings and resolutions to show.")
+@click.pass_obj
+def alerts_command(options: Options, output: str, count: int) -> None:
+    """Show the threshold alerts firing now, and the latest firings and resolutions.
+
+    Read from the state directory's alert history, which the exporter keeps
+    (bounded); works when supervisord is down and the manifests are invalid.
+    """
+    state_dir = options.state_dir_only()
+    firing, latest = alert_history.active(state_dir), alert_history.recent(state_dir, count) if count else []
+    if output == "json":
+        click.echo(json.dumps({"active": [a.as_dict() for a in firing], "recent": [a.as_dict() for a in latest]}, indent=2))
+        return
+    colors = {"WARNING": "yellow", "PREDICTED": "yellow", "CRITICAL": "red", "EMERGENCY": "red"}
+    click.echo(click.style(f"{len(firing)} alert{'s' if len(firing) != 1 else ''} firing", bold=True) if firing
+               else "No alert is firing.")
+    for alert in firing:
+        click.echo(click.style(f"  {_when(alert.at)}  {alert.summary}", fg=colors.get(alert.level)))
+    if latest:
+        click.echo(click.style("Latest firings and resolutions", bold=True))
+        for alert in latest:
+            click.echo(f"  {_when(alert.at)}  {alert.summary}")
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 @cli.command("emergency-clear")

@@ -138,3 +138,38 @@ def test_a_plan_changed_under_applys_lock_is_shown_and_with_yes_carried_out_sayi
     assert "The plan changed since it was shown" in err
     assert "start    calc" in err and "Plan: 1 to add, 1 to start." in err
     assert "Carrying out the new plan (--yes)." in err
+
+
+def test_alerts_lists_what_fires_and_the_latest_transitions_in_text_and_json(tmp_path):
+    from orchestrator.core.alerts import Rule, Transition
+    from orchestrator.state import alerts
+
+    state = tmp_path / "state"
+    rule = Rule(agent="leaky", metric="memory_mb", level="CRITICAL", fire_at=400, resolve_at=360, for_seconds=10)
+    warning = Rule(agent="leaky", metric="memory_mb", level="WARNING", fire_at=300, resolve_at=270)
+    alerts.record(str(state), alerts.AlertRecord.of(Transition(warning, "firing", 310.0, 1000.0)))
+    alerts.record(str(state), alerts.AlertRecord.of(Transition(rule, "firing", 412.0, 1010.0)))
+    alerts.record(str(state), alerts.AlertRecord.of(Transition(warning, "resolved", 260.0, 1020.0)))
+    text = run("-m", str(DEFAULT_MANIFESTS), "--state-dir", str(state), "alerts")
+    assert text.exit_code == 0, text.output
+    assert "1 alert firing" in text.stdout and "leaky CRITICAL firing: memory_mb 412 is at or above 400" in text.stdout
+    assert "leaky WARNING resolved: memory_mb 260 is below 270" in text.stdout
+    data = json.loads(run("-m", str(DEFAULT_MANIFESTS), "--state-dir", str(state), "alerts", "--output", "json").stdout)
+    assert [a["level"] for a in data["active"]] == ["CRITICAL"]
+    assert [(a["level"], a["kind"]) for a in data["recent"]] == [("WARNING", "firing"), ("CRITICAL", "firing"),
+                                                                ("WARNING", "resolved")]
+    assert "No alert is firing." in run("-m", str(DEFAULT_MANIFESTS), "--state-dir", str(tmp_path / "empty"), "alerts").stdout
+
+
+@pytest.mark.parametrize("target, complaint", [
+    ("{name: pager, type: command}", "notifications[0]: a command target needs `command`"),
+    ("{name: hook}", "notifications[0]: a webhook target needs `url`"),
+    ("{name: hook, url: 'http://127.0.0.1:9/x', command: ['true']}", "notifications[0].command: a webhook target takes no `command`"),
+    ("{name: hook, url: 'http://127.0.0.1:9/x', min_severity: loud}", "notifications[0].min_severity"),
+])
+def test_a_wrong_notification_target_is_a_located_error(manifest_set, target, complaint):
+    manifests = manifest_set({"orchestrator.yaml": f"project: p\nnotifications:\n  - {target}\n",
+                              "agents/a.yaml": "name: a\ncommand: [sleep, '60']\n"})
+    result = run("-m", str(manifests), "validate")
+    assert result.exit_code == 1
+    assert "orchestrator.yaml:3:" in result.stderr and complaint in result.stderr, result.stderr

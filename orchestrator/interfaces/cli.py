@@ -403,11 +403,13 @@ def down_command(options: Options, yes: bool) -> None:
 @cli.command("status")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: an array, one object per process: name, agent, state, pid, uptime_seconds, restarts, "
-                   "cpu_percent, memory_rss_bytes, health, ready.")
+                   "cpu_percent, memory_rss_bytes, health, ready, score (0-100) and penalties (cause, points, detail).")
 @click.argument("names", nargs=-1)
 @click.pass_obj
 def status_command(options: Options, output: str, names: tuple[str, ...]) -> None:
-    """Show each agent's state, PID, uptime, restarts, CPU, memory and readiness.
+    """Show each agent's state, PID, uptime, restarts, CPU, memory, readiness and health score.
+
+    With agent NAMEs, also every point each score lost, and why.
 
     Exit 0 when every agent of the live version is running and ready, 3 when
     one is not, 1 on error (supervisord not running, for instance).
@@ -421,7 +423,10 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     client = Client(lifecycle.socket_of(state_dir))
     lifecycle.require_running(state_dir, client, shown_as=display_path(state_dir))
     live = runtime.load(state_dir)
-    rows = status.collect(client, agents, list(names) or None, histories=live.agents)
+    opened: dict[str, tuple[str, ...]] = {}
+    for alert in alert_history.active(state_dir):
+        opened[alert.agent] = (*opened.get(alert.agent, ()), alert.level)
+    rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened)
     if live.latch is not None and output != "json":
         click.echo(click.style(f"{runtime.describe_latch(live.latch)}; clear it with `orchestrator emergency-clear`",
                                fg="red", bold=True), err=True)
@@ -434,6 +439,9 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
             text = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             click.echo(click.style(text, bold=True) if index == 0 else text if color is None else
                        click.style(text, fg=color))
+        for shown in rows if names else []:  # `status NAME`: every point its score lost
+            for penalty in shown.penalties:
+                click.echo(f"  {shown.name}: -{penalty['points']} {penalty['cause']}: {penalty['detail']}")
     desired = {n: a for n, a in agents.items() if not names or n in names}
     sys.exit(0 if status.healthy(rows, desired) else 3)
 

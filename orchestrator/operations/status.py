@@ -2,7 +2,7 @@
 
 Owned here: one row per supervisord process of an agent, with the fields of
 `status --output json` (name, agent, state, pid, uptime_seconds, restarts,
-cpu_percent, memory_rss_bytes, health, ready), the text table, and the
+cpu_percent, memory_rss_bytes, health, ready, score, penalties), the text table, and the
 verdict (every desired agent RUNNING and ready, or not). CPU and memory cover
 each agent's whole process tree, sampled over a short interval (host.processes).
 Called by the cli.
@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
+from orchestrator.core.health import HealthInputs, score
 from orchestrator.core.names import is_internal
 from orchestrator.host import probes
 from orchestrator.host.processes import sample as sample_trees
@@ -44,6 +45,8 @@ class Row:
     given_up: bool = False
     next_restart_in: float | None = None  # seconds, while backing off
     reason: str = ""                      # why it last exited, or was given up
+    score: int | None = None              # health 0-100 (core.health); None for a process of no declared agent
+    penalties: tuple[dict[str, object], ...] = ()   # each point lost: cause, points, detail
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -67,8 +70,11 @@ def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool
 
 
 def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None = None,
-            histories: Mapping[str, AgentHistory] | None = None, now: float | None = None) -> list[Row]:
-    """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT."""
+            histories: Mapping[str, AgentHistory] | None = None, now: float | None = None,
+            alerts: Mapping[str, tuple[str, ...]] | None = None) -> list[Row]:
+    """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT.
+
+    `alerts`: the levels of each agent's open alerts, which its health score counts."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes():
         if not is_internal(process.group):
@@ -85,18 +91,41 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
                   "next_restart_in": None if history.next_restart_at is None else round(max(0.0, history.next_restart_at - now), 1),
                   "reason": history.reason}
         processes = by_group.get(group)
+        agent = agents.get(group)
+        opened = (alerts or {}).get(group, ())
         if not processes:
+            points, penalties = _health(agent, history, None, opened)
             rows.append(Row(group, group, "ABSENT", None, 0.0, cpu_percent=None, memory_rss_bytes=None, health="-",
-                            ready=False, **policy))  # type: ignore[arg-type]
+                            ready=False, score=points, penalties=penalties, **policy))  # type: ignore[arg-type]
             continue
         health, ready = checks[group]
         for process in processes:
             cpu, rss = figures.get(process.pid, (None, None))
             name = process.name if process.name == group else f"{group}:{process.name}"
             state = "GIVEN UP" if history.given_up and process.state not in UP_STATES else process.state
+            up = process.state in UP_STATES
+            figures_now = HealthInputs(up=up, ready=ready and up, given_up=history.given_up,
+                                       reason=history.reason or process.state, cpu_percent=cpu,
+                                       memory_mb=None if rss is None else rss / 1e6, uptime=process.uptime if up else None,
+                                       liveness_failures=1 if health.startswith("failing") else 0)
+            points, penalties = _health(agent, history, figures_now, opened)
             rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,
-                            health=health, ready=ready and process.state in UP_STATES, **policy))  # type: ignore[arg-type]
+                            health=health, ready=ready and up, score=points, penalties=penalties,
+                            **policy))  # type: ignore[arg-type]
     return rows
+
+
+def _health(agent: Agent | None, history: AgentHistory, figures: HealthInputs | None,
+            alerts: tuple[str, ...]) -> tuple[int | None, tuple[dict[str, object], ...]]:
+    """The score and penalties of one process of `agent` (core.health); (None, ()) for an undeclared agent."""
+    if agent is None:
+        return None, ()
+    inputs = figures or HealthInputs(up=False, ready=False, given_up=history.given_up, reason=history.reason or "absent")
+    resources, policy = agent.resources, agent.restart
+    health = score(replace(inputs, restarts_in_window=len(history.failures), max_attempts=policy.max_attempts,
+                           reset_after=policy.reset_after, cpu=resources.cpu_percent, memory=resources.memory_mb,
+                           fd_limit=resources.open_files, alerts=alerts))
+    return health.score, tuple(asdict(p) for p in health.penalties)
 
 
 def healthy(rows: list[Row], desired: Mapping[str, Agent]) -> bool:
@@ -143,7 +172,7 @@ def _short(text: str, width: int = 48) -> str:
 
 def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
     """Rows as table cells, each with the color of its state."""
-    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "HEALTH", "NOTE"]
+    header = ["AGENT", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "READY", "SCORE", "HEALTH", "NOTE"]
     lines: list[tuple[list[str], str | None]] = [(header, None)]
     for row in rows:
         cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}"
@@ -152,5 +181,6 @@ def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:
                 else row.reason if row.given_up or row.state not in UP_STATES else "")
         uptime = _uptime(row.uptime_seconds, row.state in UP_STATES)
         lines.append(([row.name, row.state, str(row.pid or "-"), uptime, restarts, cpu, _bytes(row.memory_rss_bytes),
-                       "yes" if row.ready else "no", _short(row.health), _short(note)], _COLORS.get(row.state)))
+                       "yes" if row.ready else "no", "-" if row.score is None else str(row.score), _short(row.health),
+                       _short(note)], _COLORS.get(row.state)))
     return lines

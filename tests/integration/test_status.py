@@ -76,3 +76,28 @@ def test_an_invalid_manifest_changes_nothing_that_runs(project):
     assert "agents/broken.yaml:3:11: replicas: got 0" in done.stderr
     assert project.pids() == before
     assert len(list((project.state / "history").iterdir())) == 1  # no version was recorded
+
+
+def test_status_scores_each_agents_health_and_names_every_point_it_lost(project):
+    """The score is core.health's over what status measures and the open alerts the exporter recorded."""
+    from orchestrator.core.alerts import Rule, Transition
+    from orchestrator.state import alerts
+
+    ports = free_ports(2)
+    project.toy("feed", ports[0])
+    project.toy("calc", ports[1], depends_on=["feed"])
+    project.run("up", check=True)
+    critical = Rule(agent="calc", metric="memory_mb", level="CRITICAL", fire_at=400, resolve_at=360)
+    alerts.record(str(project.state), alerts.AlertRecord.of(Transition(critical, "firing", 412.0, 1000.0)))
+    rows = {r["agent"]: r for r in json.loads(project.run("status", "--output", "json").stdout)}
+    assert 0 < rows["calc"]["score"] < rows["feed"]["score"] <= 100
+    assert {"cause": "alerts", "points": 10, "detail": "1 CRITICAL open"} in rows["calc"]["penalties"]
+    assert sum(p["points"] for p in rows["calc"]["penalties"]) == 100 - rows["calc"]["score"]
+    shown = project.run("status", "calc")
+    assert shown.returncode == 0 and "calc: -10 alerts:" in shown.stdout, shown.stdout
+    assert shown.stdout.splitlines()[0].split()[8] == "SCORE"
+
+    project.run("stop", "feed", "--yes", check=True)  # and calc, its dependent
+    stopped = {r["agent"]: r for r in json.loads(project.run("status", "--output", "json").stdout)}
+    assert stopped["feed"]["score"] == 0 and stopped["feed"]["penalties"][0]["cause"] == "down"
+    assert stopped["calc"]["score"] == 0

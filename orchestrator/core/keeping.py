@@ -83,6 +83,16 @@ class LivenessFailed:
 
 
 @dataclass(frozen=True)
+class LimitReached:
+    """The exporter saw `agent` at a limit of its `resources` for the limit's `for` (see core.alerts.on_limit)."""
+
+    agent: str
+    reason: str                    # memory_limit, cpu_limit, fds_limit
+    detail: str
+    action: str = "restart"        # restart (through the restart policy) or stop
+
+
+@dataclass(frozen=True)
 class RestartDue:
     """The deadline of `agent`'s scheduled restart has come."""
 
@@ -96,7 +106,7 @@ class DependencyFailed:
     dependency: str
 
 
-Event: TypeAlias = Ended | NotReady | Running | Stopped | LivenessFailed | RestartDue
+Event: TypeAlias = Ended | NotReady | Running | Stopped | LivenessFailed | LimitReached | RestartDue
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,10 @@ def decide(event: Event, history: AgentHistory, agent: Agent, now: float, *, wor
         return Decision(cancelled, (CancelRestart("stopped on request; its pending restart is cancelled"),))
     if isinstance(event, LivenessFailed):
         return _liveness_failed(event.detail, history, agent, now, world=world, rand=rand)
+    if isinstance(event, LimitReached):
+        if event.action == "stop":
+            return _limit_stop(event, history, agent, now, world=world)
+        return _liveness_failed(f"{event.reason}: {event.detail}", history, agent, now, world=world, rand=rand)
     if isinstance(event, RestartDue):
         if not may_restart(history, world):
             return Decision(actions=(Skip("the restart is no longer due: stopped, given up, latched or waiting"),))
@@ -286,6 +300,19 @@ def _liveness_failed(detail: str, history: AgentHistory, agent: Agent, now: floa
     else:
         then = Record(decision.reason)
     return Decision(counted, (Stop(f"{detail}: stopping it"), then, FailDependents(agent.name)))
+
+
+def _limit_stop(event: LimitReached, history: AgentHistory, agent: Agent, now: float, *, world: World) -> Decision:
+    """A limit whose manifest says `stop`: the agent is stopped and stays stopped, as if by the operator."""
+    if history.given_up or history.stopped or world.quiet:
+        return Decision(actions=(Skip("given up, stopped, latched or standing down: no limit action"),))
+    if history.in_cooldown(agent.resources.cooldown, now):
+        return Decision(actions=(Record(f"{event.reason}: {event.detail}; no action: in cooldown"),))
+    why = f"{event.reason}: {event.detail}"
+    stopped = replace(history.stopping(), last_action_at=now, reason=why)
+    return Decision(stopped, (Stop(f"{why}: stopping it (on_limit: stop)", keeps_restart=False),
+                              Record(f"{agent.name} stays stopped until `orchestrator start {agent.name}`"),
+                              FailDependents(agent.name)))
 
 
 def may_restart(history: AgentHistory, world: World) -> bool:

@@ -51,7 +51,8 @@ from typing import TypeAlias
 from orchestrator.core import keeping
 from orchestrator.core.graph import Graph
 from orchestrator.core.keeping import (
-    CancelRestart, DependencyFailed, Ended, Event, FailDependents, GiveUp, LivenessFailed, NotReady, RecoverDependents,
+    CancelRestart, DependencyFailed, Ended, Event, FailDependents, GiveUp, LimitReached, LivenessFailed, NotReady,
+    RecoverDependents,
     Record, RestartDue, Running, ScheduleRestart, Skip, StartOnce, Stop, Stopped, World,
 )
 from orchestrator.core.model import Agent
@@ -64,7 +65,7 @@ from orchestrator.state import runtime
 from orchestrator.state.history import History
 from orchestrator.supervisord.client import Client, SupervisorError
 
-Work: TypeAlias = LivenessFailed | DependencyFailed | Running
+Work: TypeAlias = LivenessFailed | LimitReached | DependencyFailed | Running
 
 
 class Keeper:
@@ -121,7 +122,12 @@ class Keeper:
     def _on_comm(self, body: str, serial: str) -> None:
         try:
             message = json.loads(body)
-            name, exits, detail = str(message["agent"]), int(message["exits"]), str(message.get("detail", ""))
+            name, detail = str(message["agent"]), str(message.get("detail", ""))
+            if message.get("kind") == "limit":  # from the exporter: handled by the worker, like a liveness failure
+                self.submit(LimitReached(name, reason=str(message["reason"]), detail=detail,
+                                         action="stop" if message.get("action") == "stop" else "restart"))
+                return
+            exits = int(message["exits"])
         except (ValueError, KeyError, TypeError):
             self.log(f"restart keeper: unreadable message {body[:200]!r}")
             return
@@ -316,7 +322,7 @@ class Keeper:
         agent = self.agents().get(event.agent)
         if agent is None:
             return
-        if isinstance(event, LivenessFailed):
+        if isinstance(event, (LivenessFailed, LimitReached)):
             decision = self._record(agent, event, self.clock())
             self._carry_out(agent, decision.actions)
         else:

@@ -90,6 +90,16 @@ def report_not_ready(client: Client, agent: str, *, exits: int, detail: str) -> 
     client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "not-ready", "agent": agent, "exits": exits, "detail": detail}))
 
 
+def report_limit(client: Client, agent: str, *, reason: str, detail: str, action: str) -> None:
+    """The exporter saw `agent` at a limit of its resources (core.alerts.on_limit): the keeper acts on it.
+
+    Sent through supervisord like `report_not_ready`; `action` is the manifest's on_limit (restart or stop);
+    `reason` (memory_limit, cpu_limit, fds_limit) is what the restart is counted as.
+    """
+    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "limit", "agent": agent, "reason": reason,
+                                                   "detail": detail, "action": action}))
+
+
 class _Watch:
     """The state of one agent's processes, read from supervisord at most every STATE_POLL seconds."""
 

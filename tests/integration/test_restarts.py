@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -9,6 +10,9 @@ import time
 import psutil
 import pytest
 
+from orchestrator.config.manifest import LoadOptions, load
+from orchestrator.operations.apply import client_for
+from orchestrator.operations.sequencer import report_limit
 from tests.integration.conftest import crasher, free_ports, gaps, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration
@@ -150,3 +154,30 @@ def test_a_stop_that_waits_never_delays_another_agents_pending_restart(project, 
         unhealthy, stopped, restarted = sick_times["unhealthy"][0], sick_times["stop"][0], sick_times["start"][1]
         assert term <= unhealthy <= killed - 3.0, f"not during the stop: {sick_times}; stop {term}..{killed}"
         assert stopped - unhealthy <= 2.5 and restarted - stopped <= 3.0, f"{sick_times}; stop {term}..{killed}\n{listener_log}"
+
+
+@pytest.mark.parametrize("action", ["restart", "stop"])
+def test_a_limit_reported_to_the_keeper_restarts_the_agent_through_its_policy_or_stops_it(project, action):
+    """What the exporter sends when an agent stays at a limit: the keeper stops it and restarts it as its policy says,
+    with the limit as the reason, or (on_limit: stop) leaves it stopped until the operator starts it."""
+    project.toy("feed", free_ports(1)[0], more="restart: {policy: delayed, delay: 0.5s, max_attempts: 5}\n"
+                                             "resources: {warmup: 0s}\n")
+    project.run("up", check=True)
+    before = project.pids()["feed"]
+    client = client_for(load(LoadOptions(str(project.manifests))))
+    report_limit(client, "feed", reason="memory_limit", detail="memory_mb 512 is at or above 500 for 10s", action=action)
+
+    def row() -> dict:
+        return json.loads(project.run("status", "--output", "json", "feed").stdout)[0]
+
+    if action == "restart":
+        wait_until(lambda: (r := row())["pid"] not in (None, before) and r["state"] == "RUNNING", 20,
+                   message="feed restarted after its limit")
+        assert row()["restarts"] >= 1
+    else:
+        wait_until(lambda: row()["state"] == "STOPPED", 20, message="feed stopped at its limit")
+        stopped = row()
+        assert stopped["reason"].startswith("memory_limit: memory_mb 512")
+        assert project.run("status").returncode == 3
+        project.run("start", "feed", check=True)  # the operator's start brings it back
+        assert row()["state"] == "RUNNING"

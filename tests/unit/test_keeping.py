@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator.core import keeping
 from orchestrator.core.keeping import (
-    CancelRestart, Decision, Ended, FailDependents, GiveUp, LivenessFailed, NotReady, RecoverDependents, Record,
+    CancelRestart, Decision, Ended, FailDependents, GiveUp, LimitReached, LivenessFailed, NotReady, RecoverDependents,
+    Record,
     RestartDue, Running, ScheduleRestart, Skip, StartOnce, Stop, Stopped, World,
 )
 from orchestrator.core.model import Agent, Resources, RestartPolicy
@@ -204,6 +205,38 @@ def test_a_liveness_failure_past_max_attempts_stops_and_gives_up():
     decision = keeping.decide(LivenessFailed("calc"), AgentHistory(started_at=0.0), calc, 100.0, world=CALM)
     assert kinds(decision) == [Stop, GiveUp, FailDependents]
     assert decision.history is not None and decision.history.given_up
+
+
+# -- a limit reached (from the exporter) -----------------------------------------------------------------
+
+MEMORY = LimitReached("calc", reason="memory_limit", detail="memory_mb 512 is at or above 500 for 10s")
+
+
+def test_a_limit_that_restarts_stops_the_agent_and_passes_it_through_its_restart_policy_with_its_reason():
+    decision = keeping.decide(MEMORY, AgentHistory(started_at=0.0), agent(), 100.0, world=CALM)
+    assert kinds(decision) == [Stop, ScheduleRestart, FailDependents]
+    assert the(ScheduleRestart, decision).at == 100.5  # the backoff's first delay, as for a crash
+    assert decision.history is not None and decision.history.reason.startswith("memory_limit: memory_mb 512")
+    gives_up = keeping.decide(MEMORY, AgentHistory(started_at=0.0), agent(restart=replace(BACKOFF, max_attempts=1)), 100.0,
+                              world=CALM)
+    assert kinds(gives_up) == [Stop, GiveUp, FailDependents]
+
+
+def test_a_limit_that_stops_leaves_the_agent_stopped_until_the_operator_starts_it():
+    decision = keeping.decide(replace(MEMORY, action="stop"), AgentHistory(started_at=0.0), agent(), 100.0, world=CALM)
+    assert kinds(decision) == [Stop, Record, FailDependents]
+    assert not the(Stop, decision).keeps_restart
+    assert decision.history is not None and decision.history.stopped and decision.history.next_restart_at is None
+    assert "orchestrator start calc" in the(Record, decision).reason
+
+
+@pytest.mark.parametrize("action", ["restart", "stop"])
+def test_a_limit_within_the_cooldown_or_while_latched_does_nothing(action):
+    acted = AgentHistory(started_at=0.0, last_action_at=90.0)
+    within = keeping.decide(replace(MEMORY, action=action), acted, agent(cooldown=60.0), 100.0, world=CALM)
+    assert within.history is None and kinds(within) == [Record]
+    latched = keeping.decide(replace(MEMORY, action=action), AgentHistory(), agent(), 100.0, world=World(latched=True))
+    assert latched.history is None and kinds(latched) == [Skip]
 
 
 # -- a due restart, and after it --------------------------------------------------------------------

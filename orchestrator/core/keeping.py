@@ -191,7 +191,21 @@ class RecoverDependents:
     dependency: str
 
 
-Action: TypeAlias = Record | Skip | ScheduleRestart | GiveUp | Stop | CancelRestart | StartOnce | FailDependents | RecoverDependents
+@dataclass(frozen=True)
+class RaiseAlert:
+    """An alert about the agent's life (not a threshold's): a manual-policy agent that exited. Key: agent/exit."""
+
+    summary: str
+    value: float = -1.0           # its exit status, when known
+
+
+@dataclass(frozen=True)
+class ResolveAlert:
+    """The agent runs again: its exit alert, if one fires, resolves."""
+
+
+Action: TypeAlias = (Record | Skip | ScheduleRestart | GiveUp | Stop | CancelRestart | StartOnce | FailDependents
+                     | RecoverDependents | RaiseAlert | ResolveAlert)
 
 
 @dataclass(frozen=True)
@@ -220,7 +234,11 @@ def decide(event: Event, history: AgentHistory, agent: Agent, now: float, *, wor
     if isinstance(event, Running):
         # started, by anyone: no longer waiting for a dependency
         cleared = replace(history, waiting_for="") if history.waiting_for else None
-        return Decision(cleared, (RecoverDependents(agent.name),) if event.running else ())
+        if not event.running:
+            return Decision(cleared, ())
+        # only a manual-policy agent can have an exit alert to resolve
+        return Decision(cleared, (RecoverDependents(agent.name),
+                                  *((ResolveAlert(),) if agent.restart.policy == "manual" else ())))
     if isinstance(event, Stopped):
         if event.by_keeper:
             return Decision(actions=(Skip("the keeper's own stop: its scheduled restart stays"),))
@@ -274,6 +292,9 @@ def _ended(ended: Exit, history: AgentHistory, agent: Agent, now: float, *, worl
         actions.append(GiveUp(decision.reason))
     elif decision.action == "record":  # a decision that only records keeps a pending restart as it was
         actions.append(Record(decision.reason))
+        if rule.act == "decide" and agent.restart.policy == "manual" and not ended.expected:
+            actions.append(RaiseAlert(f"{agent.name} exited and its restart policy is manual: {decision.reason}",
+                                      value=float(ended.exitstatus if ended.exitstatus is not None else -1)))
     if rule.act == "decide" and (decision.action in ("restart", "give-up") or not ended.expected):
         actions.append(FailDependents(agent.name))
     return Decision(counted, tuple(actions))

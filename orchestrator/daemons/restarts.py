@@ -52,7 +52,7 @@ from orchestrator.core import keeping
 from orchestrator.core.graph import Graph
 from orchestrator.core.keeping import (
     CancelRestart, DependencyFailed, Ended, Event, FailDependents, GiveUp, LimitReached, LivenessFailed, NotReady,
-    RecoverDependents,
+    RaiseAlert, RecoverDependents, ResolveAlert,
     Record, RestartDue, Running, ScheduleRestart, Skip, StartOnce, Stop, Stopped, World,
 )
 from orchestrator.core.model import Agent
@@ -61,7 +61,7 @@ from orchestrator.core.policies import AgentHistory, Exit
 from orchestrator.core.processes import UP_STATES
 from orchestrator.operations.sequencer import COMM_TYPE, Event as Progress, Sequencer
 from orchestrator.operations.stopping import stop_in_order
-from orchestrator.state import runtime
+from orchestrator.state import alerts, runtime
 from orchestrator.state.history import History
 from orchestrator.supervisord.client import Client, SupervisorError
 
@@ -205,8 +205,27 @@ class Keeper:
                 if self._dependents(action.dependency):
                     self.work.put(DependencyFailed(action.dependency) if isinstance(action, FailDependents)
                                   else Running(action.dependency, running=True))
+            elif isinstance(action, RaiseAlert | ResolveAlert):
+                self._alert(name, action)
             elif isinstance(action, StartOnce | Skip):
                 pass  # StartOnce is the timer thread's own (see `fire`); Skip: nothing to do
+
+    def _alert(self, name: str, action: RaiseAlert | ResolveAlert) -> None:
+        """Record an exit alert in the alert history (its `agent/exit` keys are the keeper's; see state.alerts)."""
+        key = f"{name}/exit/CRITICAL"
+        if isinstance(action, ResolveAlert) and not any(a.key == key for a in alerts.active(self.state_dir)):
+            return
+        kind = "firing" if isinstance(action, RaiseAlert) else "resolved"
+        summary = action.summary if isinstance(action, RaiseAlert) else f"{name} exit alert resolved: it runs again"
+        try:
+            alerts.record(self.state_dir, alerts.AlertRecord(
+                key=key, agent=name, metric="exit", level="CRITICAL", kind=kind,
+                value=action.value if isinstance(action, RaiseAlert) else 0.0, threshold=0.0, at=time.time(),
+                summary=summary))
+        except OSError as exc:
+            self.log(f"{name}: the alert could not be recorded: {exc}")
+        if isinstance(action, RaiseAlert):
+            self.log(f"{name}: ALERT: {summary}")
 
     def _stop_then(self, names: list[str], depends_on: Mapping[str, Sequence[str]], *,
                    then: Callable[[], None] = lambda: None) -> None:

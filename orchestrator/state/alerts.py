@@ -3,9 +3,11 @@
     STATE/alerts/history.jsonl   one JSON object a line, oldest first, at most KEEP lines after a trim
     STATE/alerts/active.json     the alerts firing now, by key (agent/metric/level)
 
-Owned by the process that evaluates the thresholds (the exporter's sampler): it
-alone writes here, one transition at a time, holding the alerts lock. Everyone
-else (`orchestrator alerts`, `status`, the web page) only reads. A line is one
+Each alert's key says who owns it and alone raises and resolves it: the
+threshold alerts (`agent/metric/level`) are the exporter's sampler's, the exit
+alerts (`agent/exit/CRITICAL`, a manual-policy agent that exited) the restart
+keeper's. They write one transition at a time, holding the alerts lock.
+Everyone else (`orchestrator alerts`, `status`, the web page) only reads. A line is one
 `write` of a whole line to a file opened for appending, so a reader never sees
 half of one; the history is trimmed to its newest KEEP lines by an atomic
 rewrite once it holds twice that many, so it stays bounded without a rewrite

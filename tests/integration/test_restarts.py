@@ -181,3 +181,25 @@ def test_a_limit_reported_to_the_keeper_restarts_the_agent_through_its_policy_or
         assert project.run("status").returncode == 3
         project.run("start", "feed", check=True)  # the operator's start brings it back
         assert row()["state"] == "RUNNING"
+
+
+def test_a_manual_policy_agent_that_exits_raises_an_alert_that_resolves_once_it_is_started_again(project):
+    flag = project.root / "stay-up"
+    flag.touch()
+    crasher(project, "batch", restart="{policy: manual}", extra="min_uptime: 0s\n", flag=flag)
+    project.run("up", check=True)
+    flag.unlink()
+    os.kill(project.pids()["batch"], signal.SIGKILL)
+
+    def firing() -> list[dict]:
+        return json.loads(project.run("alerts", "--output", "json").stdout)["active"]
+
+    wait_until(lambda: firing(), 15, message="the exit alert")
+    alert = firing()[0]
+    assert (alert["agent"], alert["metric"], alert["level"]) == ("batch", "exit", "CRITICAL")
+    assert "restart policy is manual" in alert["summary"]
+    flag.touch()
+    project.run("start", "batch", check=True)
+    wait_until(lambda: not firing(), 15, message="the exit alert to resolve")
+    recent = json.loads(project.run("alerts", "--output", "json").stdout)["recent"]
+    assert [a["kind"] for a in recent if a["agent"] == "batch"] == ["firing", "resolved"]

@@ -327,3 +327,17 @@ def test_once_the_dependency_is_back_the_waiting_restart_dependents_are_restarte
     waiting = keeping.waiting_for("feed", ["hold", "calc", "free"], histories)
     assert waiting == ["calc", "hold"]
     assert keeping.to_restart_when_back(waiting, _dependents()) == ["calc"]
+
+
+def test_a_manual_policy_agent_that_exits_raises_an_alert_that_resolves_when_it_runs_again():
+    manual = agent(restart=RestartPolicy(policy="manual"))
+    exited = keeping.decide(crash(status=3), AgentHistory(started_at=0.0), manual, 100.0, world=CALM)
+    alert = the(keeping.RaiseAlert, exited)
+    assert "calc exited and its restart policy is manual" in alert.summary and alert.value == 3.0
+    assert not any(isinstance(a, ScheduleRestart) for a in exited.actions)
+    back = keeping.decide(Running("calc", running=True), AgentHistory(), manual, 200.0, world=CALM)
+    assert any(isinstance(a, keeping.ResolveAlert) for a in back.actions)
+    expected = keeping.decide(crash(status=0, expected=True), AgentHistory(started_at=0.0), manual, 100.0, world=CALM)
+    assert not any(isinstance(a, keeping.RaiseAlert) for a in expected.actions)  # an expected exit is no alert
+    backoff = keeping.decide(crash(), AgentHistory(started_at=0.0), agent(), 100.0, world=CALM)
+    assert not any(isinstance(a, keeping.RaiseAlert) for a in backoff.actions)

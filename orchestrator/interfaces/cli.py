@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 import click
 
 from orchestrator import __version__
+from orchestrator.core.recommend import recommend
+from orchestrator.core.units import parse_duration
 from orchestrator.core.events import Emit, Event, Note, StopEvent
 from orchestrator.config import schema
 from orchestrator.core import graph
@@ -36,7 +38,7 @@ from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, client_for, compute
 from orchestrator.supervisord.client import Client
 from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
-from orchestrator.state import alerts as alert_history
+from orchestrator.state import alerts as alert_history, evidence
 from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
@@ -607,6 +609,57 @@ def alerts_command(options: Options, output: str, count: int) -> None:
 
 def _when(at: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+@cli.command("recommend")
+@click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: an array of {agent, field, current, suggested, reason, figures, confidence}.")
+@click.option("--min-history", default="1h", show_default=True,
+              help="Suggest nothing for an agent observed for less than this (a duration: 30m, 2h).")
+@click.argument("names", nargs=-1)
+@click.pass_obj
+def recommend_command(options: Options, output: str, min_history: str, names: tuple[str, ...]) -> None:
+    """Suggest resource settings from what the exporter has observed, with the figures behind each.
+
+    Memory limits come from the upper percentile of memory peaks (plus a
+    margin, and more after a restart at the limit), CPU thresholds from CPU
+    percentiles, nice or cpu_affinity for CPU-bound agents on busy cores,
+    replicas for saturated ones. Each suggestion has a confidence that grows
+    with the hours of history kept; below --min-history nothing is suggested.
+    """
+    try:
+        least = parse_duration(min_history)
+    except ValueError:
+        raise click.BadParameter(f"{min_history!r} is not a duration (expected one such as 30m or 2h)",
+                                 param_hint="--min-history") from None
+    state_dir = options.state_dir_only()
+    current = History(state_dir).current()
+    agents = dict(current.agents) if current else {}
+    unknown = [n for n in names if n not in agents]
+    if unknown:
+        raise unknown_agents(unknown, agents)
+    store, now = evidence.load(state_dir), time.time()
+    found, quiet = [], []
+    for name in names or sorted(agents):
+        seen = store.evidence(name)
+        if seen is None or now - seen.since < least:
+            quiet.append(f"{name}: {'no history yet' if seen is None else f'{(now - seen.since) / 60:.0f} min of history'}"
+                         f" (suggestions from {least / 60:g} min)")
+            continue
+        found += recommend(agents[name], seen, now, min_history=least)
+    if output == "json":
+        click.echo(json.dumps([{"agent": r.agent, "field": r.field, "current": r.current, "suggested": r.suggested,
+                                "reason": r.reason, "figures": dict(r.figures), "confidence": r.confidence} for r in found],
+                              indent=2, default=str))
+        return
+    for line in quiet:
+        click.echo(line, err=True)
+    if not found:
+        click.echo("No change to suggest.")
+    for item in found:
+        figures = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in item.figures.items())
+        click.echo(f"{item.agent}: {item.field}: {item.current} -> {item.suggested}  (confidence {item.confidence:.0%})")
+        click.echo(f"    {item.reason}" + (f"; {figures}" if figures else ""))
 
 
 @cli.command("emergency-clear")

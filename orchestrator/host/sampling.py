@@ -17,7 +17,8 @@ What is summed over a tree, and how:
     pss                 summed per member: each shared page divided among the processes that share it, so the sum
                         is the tree's fair share and never counts a page twice (on request: smaps_rollup is costly)
     uss                 pages private to each member, summed: what ending the tree would free at least
-    io, fds, threads, context switches, tcp sockets    summed per member
+    io, fds, threads, tcp sockets    summed per member
+    context switches    of each member's main thread (the kernel counts them per thread), summed
     fd_limit            the root's soft limit on open files (what `resources.open_files` sets)
 
 A process that ends while it is read costs its own figures, never the pass:
@@ -58,8 +59,7 @@ class Figures:
     open_fds: int = 0
     fd_limit: int | None = None
     threads: int = 0
-    voluntary_switches: int = 0
-    involuntary_switches: int = 0
+    context_switches: int = 0
     tcp: dict[str, int] = field(default_factory=dict)
     listening_ports: set[int] = field(default_factory=set)
 
@@ -76,34 +76,41 @@ class Pass:
 @dataclass
 class _Stat:
     ppid: int
+    start: int   # clock ticks after boot: with the pid, names one process
     cpu: float
     threads: int
     vms: int
     rss: int
 
 
-def _stat(pid: str) -> _Stat:
-    with open(f"{PROC}/{pid}/stat", "rb") as handle:
-        data = handle.read()
+def _parse_stat(data: bytes) -> _Stat:
     rest = data[data.rindex(b")") + 2:].split()  # the command name may hold spaces and parentheses
     ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])  # utime stime cutime cstime
-    return _Stat(ppid=int(rest[1]), cpu=ticks / _TICKS, threads=int(rest[17]), vms=int(rest[20]), rss=int(rest[21]) * _PAGE)
+    return _Stat(ppid=int(rest[1]), start=int(rest[19]), cpu=ticks / _TICKS, threads=int(rest[17]), vms=int(rest[20]),
+                 rss=int(rest[21]) * _PAGE)
 
 
-def _table() -> dict[int, list[int]]:
-    """ppid -> the pids of its children, from every process's stat."""
+def _read(path: str) -> bytes:
+    with open(path, "rb", buffering=0) as handle:
+        return handle.read()
+
+
+def _table() -> tuple[dict[int, list[int]], dict[int, bytes]]:
+    """ppid -> the pids of its children, and each process's stat as read (the pass reads no stat twice)."""
     children: dict[int, list[int]] = {}
+    stats: dict[int, bytes] = {}
     for name in os.listdir(PROC):
         if not name.isdigit():
             continue
         try:
-            with open(f"{PROC}/{name}/stat", "rb") as handle:
-                data = handle.read()
+            data = _read(f"{PROC}/{name}/stat")
         except OSError:
             continue  # gone since the listing
+        pid = int(name)
+        stats[pid] = data
         ppid = int(data[data.rindex(b")") + 2:].split(None, 2)[1])
-        children.setdefault(ppid, []).append(int(name))
-    return children
+        children.setdefault(ppid, []).append(pid)
+    return children, stats
 
 
 def _members(root: int, children: Mapping[int, list[int]]) -> list[int]:
@@ -130,36 +137,32 @@ def _sockets() -> dict[int, tuple[int, int]]:
     return found
 
 
-def _fields(path: str, wanted: Mapping[bytes, int]) -> list[int]:
-    """The integers after the `wanted` labels (label -> index into the result) of a `Label: value` file."""
-    values = [0] * len(wanted)
-    with open(path, "rb") as handle:
-        for line in handle:
-            label, _, value = line.partition(b":")
-            index = wanted.get(label)
-            if index is not None:
-                values[index] = int(value.split()[0])
-    return values
+def _field(data: bytes, label: bytes) -> int:
+    """The integer after `label` (with its colon) in a `Label: value` file's text; 0 when absent."""
+    at = data.find(label)
+    if at < 0:
+        return 0
+    start = at + len(label)
+    end = data.find(b"\n", start)
+    return int(data[start:end].split()[0])
 
 
-_STATUS = {b"voluntary_ctxt_switches": 0, b"nonvoluntary_ctxt_switches": 1}
-_IO = {b"read_bytes": 0, b"write_bytes": 1}
-_ROLLUP = {b"Pss": 0, b"Private_Clean": 1, b"Private_Dirty": 2}
+def _fd_limit(data: bytes) -> int | None:
+    """The soft limit in /proc/PID/limits' text."""
+    at = data.find(b"Max open files")
+    soft = data[at + 14:data.find(b"\n", at)].split()[0]
+    return None if soft == b"unlimited" else int(soft)
 
 
-def _fd_limit(pid: int) -> int | None:
-    with open(f"{PROC}/{pid}/limits", "rb") as handle:
-        for line in handle:
-            if line.startswith(b"Max open files"):
-                soft = line[len(b"Max open files"):].split()[0]
-                return None if soft == b"unlimited" else int(soft)
-    return None
-
-
-def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True) -> Pass:
+def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True,
+           limits: dict[int, tuple[int, int | None]] | None = None) -> Pass:
     """The figures of the tree of each root pid, by key; a root that is gone has no entry.
-    `tree` off: of each root's own process only (no walk of the process table)."""
-    children = _table() if tree else {}
+
+    `tree` off: of each root's own process only (no walk of the process table).
+    `limits`, kept by the caller from pass to pass: each root's open-files limit by pid, with the process's start
+    time (a reused pid is read again); the caller empties it now and then, as a limit may change (prlimit).
+    """
+    children, stats = _table() if tree else ({}, {})
     sockets = _sockets()
     result = Pass(trees={})
     for key, root in roots.items():
@@ -168,7 +171,7 @@ def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True) ->
             figures.pss_bytes = figures.uss_bytes = 0
         for pid in _members(root, children):
             try:
-                _add(figures, pid, sockets, pss=pss, root=pid == root)
+                _add(figures, pid, stats.get(pid), sockets, pss=pss, root=pid == root, limits=limits)
             except (FileNotFoundError, ProcessLookupError):
                 result.vanished += 1
             except (OSError, ValueError, IndexError):
@@ -178,36 +181,50 @@ def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True) ->
     return result
 
 
-def _add(figures: Figures, pid: int, sockets: Mapping[int, tuple[int, int]], *, pss: bool, root: bool) -> None:
+def _add(figures: Figures, pid: int, stat_text: bytes | None, sockets: Mapping[int, tuple[int, int]], *, pss: bool,
+         root: bool, limits: dict[int, tuple[int, int | None]] | None) -> None:
     """Add one member's figures; raises before adding anything when the member is gone (its figures are all or none)."""
     base = f"{PROC}/{pid}"
-    stat = _stat(str(pid))
-    voluntary, involuntary = _fields(f"{base}/status", _STATUS)
+    stat = _parse_stat(stat_text if stat_text is not None else _read(f"{base}/stat"))
+    # schedstat's third figure, the times the task was switched onto a CPU, is the sum of status's voluntary and
+    # involuntary switches, at half the cost of reading status
+    switches = int(_read(f"{base}/schedstat").split()[2])
     try:
-        read, written = _fields(f"{base}/io", _IO)
+        io = _read(f"{base}/io")
+        read, written = _field(io, b"\nread_bytes:"), _field(io, b"\nwrite_bytes:")
     except PermissionError:  # another user's process: its I/O is not ours to read
         read = written = 0
     fds = os.listdir(f"{base}/fd")
     states: list[tuple[int, int]] = []
-    for fd in fds:
-        try:
-            target = os.readlink(f"{base}/fd/{fd}")
-        except OSError:
-            continue  # closed since the listing
-        if target.startswith("socket:["):
-            found = sockets.get(int(target[8:-1]))
-            if found is not None:
-                states.append(found)
-    limit = _fd_limit(pid) if root else None
+    if sockets:
+        for fd in fds:
+            try:
+                target = os.readlink(f"{base}/fd/{fd}")
+            except OSError:
+                continue  # closed since the listing
+            if target.startswith("socket:["):
+                found = sockets.get(int(target[8:-1]))
+                if found is not None:
+                    states.append(found)
+    limit = None
+    if root:
+        known = limits.get(pid) if limits is not None else None
+        if known is not None and known[0] == stat.start:
+            limit = known[1]
+        else:
+            limit = _fd_limit(_read(f"{base}/limits"))
+            if limits is not None:
+                limits[pid] = (stat.start, limit)
     if pss:
-        rollup_pss, clean, dirty = _fields(f"{base}/smaps_rollup", _ROLLUP)  # kB
+        rollup = _read(f"{base}/smaps_rollup")  # kB
+        rollup_pss = _field(rollup, b"\nPss:")
+        private = _field(rollup, b"\nPrivate_Clean:") + _field(rollup, b"\nPrivate_Dirty:")
     figures.processes += 1
     figures.cpu_seconds += stat.cpu
     figures.threads += stat.threads
     figures.vms_bytes += stat.vms
     figures.rss_bytes += stat.rss
-    figures.voluntary_switches += voluntary
-    figures.involuntary_switches += involuntary
+    figures.context_switches += switches
     figures.read_bytes += read
     figures.write_bytes += written
     figures.open_fds += len(fds)
@@ -215,7 +232,7 @@ def _add(figures: Figures, pid: int, sockets: Mapping[int, tuple[int, int]], *, 
         figures.fd_limit = limit
     if pss and figures.pss_bytes is not None and figures.uss_bytes is not None:
         figures.pss_bytes += rollup_pss * 1024
-        figures.uss_bytes += (clean + dirty) * 1024
+        figures.uss_bytes += private * 1024
     for state, port in states:
         name = TCP_STATES.get(state, "unknown")
         figures.tcp[name] = figures.tcp.get(name, 0) + 1

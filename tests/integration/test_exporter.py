@@ -22,14 +22,14 @@ pytestmark = pytest.mark.integration
 
 # Every family an agent that runs, listens and has thresholds is exported with, as Prometheus names its series.
 PER_AGENT = {
-    "orchestrator_process_state", "orchestrator_process_up", "orchestrator_process_uptime_seconds",
+    "orchestrator_process_state", "orchestrator_process_uptime_seconds",
     "orchestrator_process_tree_processes", "orchestrator_process_cpu_seconds_total", "orchestrator_process_cpu_usage_ratio",
     "orchestrator_process_resident_memory_bytes", "orchestrator_process_virtual_memory_bytes",
     "orchestrator_process_proportional_memory_bytes", "orchestrator_process_unique_memory_bytes",
     "orchestrator_process_read_bytes_total", "orchestrator_process_written_bytes_total", "orchestrator_process_open_fds",
     "orchestrator_process_max_fds", "orchestrator_process_threads", "orchestrator_process_context_switches_total",
     "orchestrator_process_tcp_connections", "orchestrator_process_listening_port",
-    "orchestrator_agent_up", "orchestrator_agent_ready", "orchestrator_agent_declared", "orchestrator_agent_restarts_total",
+    "orchestrator_agent_up", "orchestrator_agent_ready", "orchestrator_agent_restarts_total",
     "orchestrator_agent_given_up", "orchestrator_agent_failed_attempts", "orchestrator_agent_threshold_cpu_ratio",
     "orchestrator_agent_threshold_memory_bytes", "orchestrator_agent_threshold_open_fds",
 }

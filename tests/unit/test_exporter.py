@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.core.processes import ProcessInfo
-from orchestrator.daemons.exporter import Exporter, Sampler, registry
+from orchestrator.daemons.exporter import Exporter, Sampler, exposition, registry
 from orchestrator.host import sampling
 
 # A parent that listens on a port, burns some CPU, and keeps two children (one of them multi-threaded).
@@ -81,7 +81,7 @@ def test_a_tree_is_summed_over_every_process_in_it(tree):
     assert figures.vms_bytes > figures.rss_bytes > 0
     assert figures.open_fds >= 3 * 3 and figures.fd_limit and figures.fd_limit >= figures.open_fds // 3
     assert tree.port in figures.listening_ports and figures.tcp.get("listen") == 1
-    assert figures.voluntary_switches > 0
+    assert figures.context_switches > 0
     assert figures.pss_bytes is None
 
 
@@ -134,7 +134,7 @@ def test_the_collector_exports_the_tree_by_agent_and_process_never_by_pid(tree, 
     assert value["orchestrator_process_cpu_seconds_total"] >= 0.25
     assert value["orchestrator_process_cpu_usage_ratio"] is not None
     assert value["orchestrator_process_resident_memory_bytes"] > 0
-    assert value["orchestrator_process_up"] == 1 and value["orchestrator_agent_up"] == 1
+    assert value["orchestrator_process_state"] == 1 and value["orchestrator_agent_up"] == 1
     assert value["orchestrator_exporter_samples_total"] == 2
     assert ({"agent": "calc", "process": "calc", "port": str(tree.port)}, 1.0) in metrics["orchestrator_process_listening_port"]
     for rows in metrics.values():
@@ -170,3 +170,21 @@ def test_a_port_in_use_is_tried_again_not_fatal():
     worker.join(10)
     held.close()
     assert not worker.is_alive()
+
+
+def test_the_scrape_text_holds_the_same_samples_as_prometheus_clients_own(tree, tmp_path: Path):
+    stand = Stand(tree.pid)
+    stand.rows.append(ProcessInfo("odd", 'a "quoted"\\ name\nhere', "STOPPED", 0, 0, 0, 0, "", ""))
+    sampler = Sampler(str(tmp_path), stand, interval=1.0, probe=False)
+    sampler.sample()
+    sampler.sample()
+    reg = registry(sampler)
+
+    def samples(text: str) -> list[tuple[str, str, tuple[tuple[str, str], ...], float]]:
+        return sorted((f.name, f.type, tuple(sorted(s.labels.items())), s.value)
+                      for f in text_string_to_metric_families(text) for s in f.samples if not s.name.startswith("process_")
+                      and "duration" not in s.name and "cpu_seconds" not in s.name)
+
+    ours = exposition(reg).decode()
+    assert samples(ours) == samples(generate_latest(reg).decode())
+    assert 'agent="a \\"quoted\\"\\\\ name\\nhere"' in ours

@@ -4,6 +4,9 @@ The same processes for both, in the same run: N `sleep` processes started by
 this benchmark (their argument, a duration no one else uses, is what
 process-exporter matches them by).
 
+Each sleeper holds a listening TCP socket (one, shared, as its stdin), so
+both read the TCP tables and attribute sockets as they would for agents.
+
   - orchestrator: a separate Python process imports the exporter as supervisord
     runs it and, in each round, takes one sample (the /proc pass of every tree,
     restart state, the snapshot) and renders the scrape (the Collector through
@@ -28,6 +31,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +55,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 OURS = """
 import json, os, resource, statistics, sys, tempfile, time
 from orchestrator.core.processes import ProcessInfo
-from orchestrator.daemons.exporter import Sampler, exposition, registry
+from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
 
 class Stand:
     def __init__(self, pids):
@@ -65,6 +69,7 @@ class Stand:
 runs, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
 sampler = Sampler(tempfile.mkdtemp(), Stand(pids), interval=5.0, probe=False)
 reg = registry(sampler)
+settle()  # as the exporter's main does once started
 exposition(reg)
 cpu, wall = [], []
 for _ in range(runs):
@@ -74,6 +79,7 @@ for _ in range(runs):
     cpu.append(time.process_time() - c)
     wall.append(time.perf_counter() - w)
 assert text.count(b"orchestrator_process_resident_memory_bytes{") == len(pids), "not every process was sampled"
+assert text.count(b'state="listen"} 1.0') == len(pids), "not every process's socket was found"
 print(json.dumps({"cpu": statistics.median(cpu), "wall": statistics.median(wall),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
@@ -143,10 +149,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-exporter-"))
     sleepers: list[subprocess.Popen[bytes]] = []
     results = []
+    # every sleeper holds a listening TCP socket as its stdin, as an agent holds its port: the exporter reads the
+    # TCP tables and finds each one's socket, as it must for real agents
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
     try:
         for size in SIZES:
             while len(sleepers) < size:
-                sleepers.append(subprocess.Popen([sleep, MARK], stdin=subprocess.DEVNULL))
+                sleepers.append(subprocess.Popen([sleep, MARK], stdin=held.fileno()))
             pids = [p.pid for p in sleepers]
             results.append((size, ours(pids), theirs(binary, tmp, size)))
     finally:
@@ -154,6 +165,7 @@ def main() -> None:
             process.kill()
         for process in sleepers:
             process.wait()
+        held.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"one full sample (sample + exposition), median of {RUNS}; process-exporter: CPU per scrape over {RUNS} scrapes")

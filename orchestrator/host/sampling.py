@@ -30,6 +30,8 @@ Called by the exporter (daemons.exporter) and the benchmark.
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import Mapping
 from typing import Any
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ class Figures:
     context_switches: int = 0
     tcp: dict[str, int] = field(default_factory=dict)
     listening_ports: set[int] = field(default_factory=set)
+    socket_inodes: list[int] = field(default_factory=list, repr=False)   # its sockets, until the pass knows their states
 
 
 @dataclass
@@ -124,11 +127,48 @@ def _members(root: int, children: Mapping[int, list[int]]) -> list[int]:
 
 def _sockets() -> dict[int, tuple[int, int]]:
     """socket inode -> (TCP state, local port), for the TCP sockets of this network namespace (v4 and v6)."""
+    try:
+        return {**_diag(socket.AF_INET), **_diag(socket.AF_INET6)}
+    except OSError:
+        return _proc_sockets()
+
+
+# sock_diag (netlink): the kernel's own dump of its TCP sockets, some 0.4 ms against 4 ms per /proc/net table,
+# whose text the kernel formats a page at a time, walking its hash tables again for each.
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _DUMP_REQUEST = 4, 20, 0x301   # NLM_F_REQUEST | NLM_F_DUMP
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_HEADER = struct.Struct("=IHHII")    # nlmsghdr
+_ALL_STATES = 0xFFFFFFFF
+
+
+def _diag(family: int) -> dict[int, tuple[int, int]]:
+    found: dict[int, tuple[int, int]] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as channel:
+        channel.settimeout(5.0)
+        # inet_diag_req_v2: family, protocol, extensions, pad, states, then a zeroed inet_diag_sockid (48 bytes)
+        request = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, _ALL_STATES) + bytes(48)
+        channel.send(_HEADER.pack(_HEADER.size + len(request), _SOCK_DIAG_BY_FAMILY, _DUMP_REQUEST, 1, 0) + request)
+        while True:
+            data = channel.recv(1 << 16)
+            at = 0
+            while at + _HEADER.size <= len(data):
+                length, kind = struct.unpack_from("=IH", data, at)
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR or length < _HEADER.size:
+                    raise OSError("sock_diag refused the dump")
+                # inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid (source port first, big-endian),
+                # expires, rqueue, wqueue, uid, inode
+                body = at + _HEADER.size
+                found[struct.unpack_from("=I", data, body + 68)[0]] = (data[body + 1], struct.unpack_from(">H", data, body + 4)[0])
+                at += (length + 3) & ~3
+
+
+def _proc_sockets() -> dict[int, tuple[int, int]]:
     found: dict[int, tuple[int, int]] = {}
     for name in ("tcp", "tcp6"):
         try:
-            with open(f"{PROC}/net/{name}", "rb") as handle:
-                lines = handle.read().splitlines()[1:]
+            lines = _read(f"{PROC}/net/{name}").splitlines()[1:]
         except OSError:
             continue
         for line in lines:
@@ -163,7 +203,6 @@ def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True,
     time (a reused pid is read again); the caller empties it now and then, as a limit may change (prlimit).
     """
     children, stats = _table() if tree else ({}, {})
-    sockets = _sockets()
     result = Pass(trees={})
     for key, root in roots.items():
         figures = Figures()
@@ -171,18 +210,32 @@ def sample(roots: Mapping[Any, int], *, pss: bool = False, tree: bool = True,
             figures.pss_bytes = figures.uss_bytes = 0
         for pid in _members(root, children):
             try:
-                _add(figures, pid, stats.get(pid), sockets, pss=pss, root=pid == root, limits=limits)
+                _add(figures, pid, stats.get(pid), pss=pss, root=pid == root, limits=limits)
             except (FileNotFoundError, ProcessLookupError):
                 result.vanished += 1
             except (OSError, ValueError, IndexError):
                 result.errors += 1
         if figures.processes:
             result.trees[key] = figures
+    # the TCP sockets are listed only when a tree has a socket
+    if any(f.socket_inodes for f in result.trees.values()):
+        sockets = _sockets()
+        for figures in result.trees.values():
+            for inode in figures.socket_inodes:
+                found = sockets.get(inode)
+                if found is None:
+                    continue  # not TCP (unix, UDP), or closed since
+                state, port = found
+                name = TCP_STATES.get(state, "unknown")
+                figures.tcp[name] = figures.tcp.get(name, 0) + 1
+                if state == _LISTEN:
+                    figures.listening_ports.add(port)
+            figures.socket_inodes.clear()
     return result
 
 
-def _add(figures: Figures, pid: int, stat_text: bytes | None, sockets: Mapping[int, tuple[int, int]], *, pss: bool,
-         root: bool, limits: dict[int, tuple[int, int | None]] | None) -> None:
+def _add(figures: Figures, pid: int, stat_text: bytes | None, *, pss: bool, root: bool,
+         limits: dict[int, tuple[int, int | None]] | None) -> None:
     """Add one member's figures; raises before adding anything when the member is gone (its figures are all or none)."""
     base = f"{PROC}/{pid}"
     stat = _parse_stat(stat_text if stat_text is not None else _read(f"{base}/stat"))
@@ -195,17 +248,14 @@ def _add(figures: Figures, pid: int, stat_text: bytes | None, sockets: Mapping[i
     except PermissionError:  # another user's process: its I/O is not ours to read
         read = written = 0
     fds = os.listdir(f"{base}/fd")
-    states: list[tuple[int, int]] = []
-    if sockets:
-        for fd in fds:
-            try:
-                target = os.readlink(f"{base}/fd/{fd}")
-            except OSError:
-                continue  # closed since the listing
-            if target.startswith("socket:["):
-                found = sockets.get(int(target[8:-1]))
-                if found is not None:
-                    states.append(found)
+    inodes: list[int] = []
+    for fd in fds:
+        try:
+            target = os.readlink(f"{base}/fd/{fd}")
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith("socket:["):
+            inodes.append(int(target[8:-1]))
     limit = None
     if root:
         known = limits.get(pid) if limits is not None else None
@@ -233,8 +283,4 @@ def _add(figures: Figures, pid: int, stat_text: bytes | None, sockets: Mapping[i
     if pss and figures.pss_bytes is not None and figures.uss_bytes is not None:
         figures.pss_bytes += rollup_pss * 1024
         figures.uss_bytes += private * 1024
-    for state, port in states:
-        name = TCP_STATES.get(state, "unknown")
-        figures.tcp[name] = figures.tcp.get(name, 0) + 1
-        if state == _LISTEN:
-            figures.listening_ports.add(port)
+    figures.socket_inodes.extend(inodes)

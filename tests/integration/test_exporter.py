@@ -30,7 +30,7 @@ PER_AGENT = {
     "orchestrator_process_max_fds", "orchestrator_process_threads", "orchestrator_process_context_switches_total",
     "orchestrator_process_tcp_connections", "orchestrator_process_listening_port",
     "orchestrator_agent_up", "orchestrator_agent_ready", "orchestrator_agent_restarts_total",
-    "orchestrator_agent_given_up", "orchestrator_agent_failed_attempts", "orchestrator_agent_threshold_cpu_ratio",
+    "orchestrator_agent_given_up", "orchestrator_agent_threshold_cpu_ratio",
     "orchestrator_agent_threshold_memory_bytes", "orchestrator_agent_threshold_open_fds",
 }
 GLOBAL = {

@@ -52,14 +52,13 @@ from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import Agent
 from orchestrator.core.names import RUNTIME_DIR, is_internal
 from orchestrator.core.policies import AgentHistory
-from orchestrator.core.processes import BACKOFF, EXITED, FATAL, RUNNING, STARTING, STOPPED, STOPPING, UNKNOWN, ProcessInfo
+from orchestrator.core.processes import RUNNING, STARTING, STOPPING, ProcessInfo
 from orchestrator.host import probes, sampling
 from orchestrator.state import runtime
 from orchestrator.state.history import History
 from orchestrator.supervisord.client import Client
 
 ABSENT = "ABSENT"   # declared by the live version, unknown to supervisord
-STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN, ABSENT)
 PROBE_TIMEOUT = 2.0
 PROBE_WORKERS = 8
 LIMITS_REFRESH = 12   # samples between two reads of a process's open-files limit (a limit seldom changes)

@@ -489,6 +489,7 @@ def log(line: str) -> None:
 
 
 BIND_RETRY = 5.0  # seconds between attempts to listen on an address in use
+PARENT_CHECK = 1.0  # seconds between two looks at whether supervisord, the parent, is still there
 
 
 def serve(listen: str, reg: CollectorRegistry, *, stop: threading.Event) -> None:
@@ -518,11 +519,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    parent = os.getppid()
     sampler = Sampler(args.state_dir, Client(args.socket, timeout=10.0), interval=args.interval, pss=args.pss, log=log)
     reg = registry(sampler)
     settle()
     sampler.start()
     serve(args.listen, reg, stop=stop)
     with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
+        while not stop.wait(PARENT_CHECK):
+            if os.getppid() != parent:  # supervisord was killed: its exporter must not outlive it, holding the port
+                log("exporter: supervisord is gone; exiting")
+                break
     sampler.stop()

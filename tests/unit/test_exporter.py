@@ -188,3 +188,49 @@ def test_the_scrape_text_holds_the_same_samples_as_prometheus_clients_own(tree, 
     ours = exposition(reg).decode()
     assert samples(ours) == samples(generate_latest(reg).decode())
     assert 'agent="a \\"quoted\\"\\\\ name\\nhere"' in ours
+
+
+def test_the_exporter_serves_its_metrics_and_ends_when_its_parent_is_gone(tmp_path: Path):
+    """supervisord killed with SIGKILL: an exporter that lived on would hold its port against the next one."""
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = (f"{sys.executable} -m orchestrator.exporter --state-dir {tmp_path} --socket {tmp_path}/none.sock "
+               f"--listen 127.0.0.1:{port} --interval 0.2 & echo $!; exec sleep 600")
+    parent = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    exporter = int(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+                    text = reply.read().decode()
+                if "orchestrator_exporter_samples_total" in text:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the exporter never answered"
+            time.sleep(0.1)
+        assert "orchestrator_supervisord_up 0.0" in text
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{exporter}") and "Z" not in _state(exporter):
+            assert time.monotonic() < deadline, "the exporter outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(exporter, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

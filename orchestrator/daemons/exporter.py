@@ -181,7 +181,8 @@ class Sampler:
             supervisord_pid: int | None = self.supervisor.pid()
             up = True
         except (OrchestratorError, OSError) as exc:
-            self.log(f"exporter: supervisord: {exc}")
+            if self.snapshot.supervisord_up or not self.counters.samples:  # said once, not every interval while it is down
+                self.log(f"exporter: supervisord: {exc}")
             with self.counters.lock:
                 self.counters.errors += 1
             infos, supervisord_pid, up = [], None, False

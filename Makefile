@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-down test test-fast test-contended bench lint clean
+.PHONY: demo demo-down test test-fast test-contended bench lint clean debian-tools debian-bench-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,18 +28,29 @@ demo: $(STAMP)
 demo-down: $(STAMP)
 	$(BIN)/orchestrator -m manifests down --yes
 
-test: $(STAMP)
+test: $(STAMP) debian-tools
 	$(BIN)/pytest -q
+
+# The integration tests scrape the exporter with a real Prometheus, and promtool checks what we generate for it:
+# Debian's `prometheus`, installed when missing (this needs root, as the rest of the Debian tools do).
+debian-tools:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; fi
+
+# bench_exporter compares the exporter with Debian's prometheus-process-exporter on the same processes.
+debian-bench-tools:
+	@if ! command -v prometheus-process-exporter >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-process-exporter; fi
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -x tests/unit
 
 # The integration tests while both cores are kept busy by CPU burners (started and stopped by tests/contend.py).
-test-contended: $(STAMP)
+test-contended: $(STAMP) debian-tools
 	$(BIN)/python tests/contend.py -- $(BIN)/pytest -q tests/integration
 
 # Every benchmark runs to the end; those that missed their goal (or failed) are named last, and the exit is 1.
-bench: $(STAMP)
+bench: $(STAMP) debian-bench-tools
 	@missed=""; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || missed="$$missed $$b"; done; \
 	if [ -n "$$missed" ]; then echo "missed their goal or failed:$$missed"; exit 1; fi
 

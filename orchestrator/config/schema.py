@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.core import model
 from orchestrator.config.spec import (
-    AnyMapping, AnyValue, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
+    AnyMapping, AnyValue, Bool, Duration, Enum, Field, Int, ListOf, MapOf, Number, OneOf, Record, Size, Spec, Str,
 )
 
 AGENT_NAME = r"[a-z0-9][a-z0-9_-]{0,62}"
@@ -179,6 +179,9 @@ _settings_fields: dict[str, Field] = {
     "exporter": Field(Record(fields={
         "listen": Field(Str(what="HOST:PORT"), "where the metrics exporter listens", default="127.0.0.1:9300"),
         "interval": Field(Duration(min=0.1), "sampling interval", default=5.0),
+        "enabled": Field(Bool(), "run the exporter under supervisord", default=True),
+        "allow_remote": Field(Bool(), "allow a listen address other than loopback", default=False),
+        "pss": Field(Bool(), "also sample PSS and USS (costs a read of smaps_rollup per process)", default=False),
     }, build=model.Exporter, what="an exporter mapping"), "metrics exporter", default=model.Exporter()),
     "notifications": Field(ListOf(Record(fields={
         "name": Field(Str(), "target name", required=True),

@@ -21,7 +21,7 @@ from typing import Any
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from orchestrator.core.addresses import host_port_problem
+from orchestrator.core.addresses import host_port_problem, is_loopback, split_host_port
 from orchestrator.core import model, svsyntax
 from orchestrator.core.errors import Diagnostic, Location
 from orchestrator.config.schema import POLICY_FIELDS
@@ -377,6 +377,8 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
             where = _child(node, "exporter", "listen")
             found.append(_error(where.loc if where else node.loc, "exporter.listen",
                                 f"{describe(exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
+        else:
+            found.extend(_remote_exporter(node, exporter))
     urls: list[tuple[str, Node | None, str]] = []
     grafana = values.get("grafana")
     if isinstance(grafana, model.Grafana):
@@ -421,6 +423,21 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
                             f"the socket path {socket} is {len(os.fsencode(socket))} bytes, longer than the {MAX_SOCKET_PATH} "
                             "a unix socket allows (expected a shorter state directory or socket name)"))
     return found
+
+
+def _remote_exporter(node: Node, exporter: model.Exporter) -> list[Diagnostic]:
+    """An exporter listening beyond loopback shows every agent's figures to the network: only when asked for,
+    and then with a warning."""
+    host, _ = split_host_port(exporter.listen)
+    if is_loopback(host):
+        return []
+    where = _child(node, "exporter", "listen")
+    loc = where.loc if where else node.loc
+    if not exporter.allow_remote:
+        return [_error(loc, "exporter.listen", f"{describe(exporter.listen)} is not a loopback address (expected 127.0.0.1:PORT, "
+                                               "or set exporter.allow_remote: true to listen beyond this machine)")]
+    return [Diagnostic(loc, "exporter.listen", f"{describe(exporter.listen)} is not a loopback address: "
+                                               "the metrics of every agent are readable from the network", "warning")]
 
 
 # sun_path holds 108 bytes including the terminating NUL.

@@ -38,3 +38,13 @@ def host_port_problem(text: str) -> str | None:
     except AddressError as exc:
         return str(exc)
     return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (as split_host_port returns it) names this machine only: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere

@@ -151,6 +151,9 @@ class Supervisord:
 class Exporter:
     listen: str = "127.0.0.1:9300"
     interval: float = 5.0
+    enabled: bool = True
+    allow_remote: bool = False   # an address other than loopback must be asked for
+    pss: bool = False            # PSS and USS (smaps_rollup): exact shared memory, at a cost per process
 
 
 @dataclass(frozen=True)

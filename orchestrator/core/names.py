@@ -26,11 +26,12 @@ EXITS_DIR = "exits"          # runtime/exits/GROUP:PROCESS: how a process last e
 
 # -- groups -------------------------------------------------------------------
 LISTENER = "_orchestrator"   # orchestrator's own event listener
+EXPORTER = "_exporter"       # orchestrator's metrics exporter (see daemons.exporter)
 INTERNAL_PREFIX = "_"        # agent names cannot start with it (see config.schema)
 
 
 def is_internal(group: str) -> bool:
-    """A supervisord group of orchestrator's own (its listener; later its exporter, its web page): never an
+    """A supervisord group of orchestrator's own (its listener, its exporter; later its web page): never an
     agent, never planned, stopped, listed or counted as one."""
     return group.startswith(INTERNAL_PREFIX)
 

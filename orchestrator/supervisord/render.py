@@ -29,7 +29,7 @@ import jinja2
 from orchestrator.core import svsyntax
 from orchestrator.core.errors import Diagnostic, Location, RenderError
 from orchestrator.core.model import Agent, ManifestSet
-from orchestrator.core.names import (CONFIG_MARKER, ENV_MARKER, LISTENER, LIVE_DIR, LOGS_DIR, MAIN_CONFIG,
+from orchestrator.core.names import (CONFIG_MARKER, ENV_MARKER, EXPORTER, LISTENER, LIVE_DIR, LOGS_DIR, MAIN_CONFIG,
                                      MANIFESTS_MARKER, MARKER, PROGRAMS_DIR)
 
 _PENDING_HASH = "PENDINGCONFIGHASH"
@@ -156,7 +156,8 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
         env, "supervisord.conf.j2", common, None, socket=socket_path(manifests, state), include_programs=not single_file,
         programs_glob=os.path.join(included, "*.conf"), listener=LISTENER,
         listener_command=[python, "-m", "orchestrator.listener", "--state-dir", state],
-        listener_env={**marker, MANIFESTS_MARKER: manifests.origin_dir, ENV_MARKER: manifests.env or ""})}
+        listener_env={**marker, MANIFESTS_MARKER: manifests.origin_dir, ENV_MARKER: manifests.env or ""},
+        **_exporter(manifests, state, python, marker))}
     hashes: dict[str, str] = {}
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
@@ -172,6 +173,18 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
         programs = [files.pop(rel) for rel in sorted(files) if rel != MAIN_CONFIG]
         files[MAIN_CONFIG] = "\n".join([files[MAIN_CONFIG], *programs])
     return Rendering(files=files, state_dir=state, hashes=hashes)
+
+
+def _exporter(manifests: ManifestSet, state: str, python: str, marker: Mapping[str, str]) -> dict[str, Any]:
+    """The exporter's program section values (see daemons.exporter); none when the settings turn it off."""
+    settings = manifests.settings.exporter
+    if not settings.enabled:
+        return {"exporter": None}
+    command = [python, "-m", "orchestrator.exporter", "--state-dir", state, "--socket", socket_path(manifests, state),
+               "--listen", settings.listen, "--interval", f"{settings.interval:g}"]
+    if settings.pss:
+        command.append("--pss")
+    return {"exporter": EXPORTER, "exporter_command": command, "exporter_env": dict(marker)}
 
 
 def _render(env: jinja2.Environment, name: str, common: Mapping[str, Any], agent: Agent | None, **extra: Any) -> str:

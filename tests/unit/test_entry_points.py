@@ -1,6 +1,6 @@
 """The module paths a rendered configuration names are pinned: a supervisord restarted from an older
 version's `current/` after an upgrade runs the same listener command and loads the same extension factory,
-so these two paths never move."""
+so these two paths never move; so does the exporter's module."""
 
 from __future__ import annotations
 
@@ -37,3 +37,18 @@ def test_the_pinned_paths_load_and_the_extension_brings_no_template_or_yaml_libr
              f"print(json.dumps([callable(getattr(m, {factory!r})), callable(listener.main), loaded]))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) == [True, True, []]
+
+
+EXPORTER_MODULE = "orchestrator.exporter"
+
+
+def test_the_rendered_configuration_names_the_pinned_exporter(tmp_path):
+    text = _main_config(tmp_path)
+    command = next(line for line in text.splitlines() if line.startswith("command=") and EXPORTER_MODULE in line)
+    assert f" -m {EXPORTER_MODULE} --state-dir " in command
+
+
+def test_the_pinned_exporter_path_loads():
+    probe = f"import json, {EXPORTER_MODULE} as exporter; print(json.dumps(callable(exporter.main)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) is True

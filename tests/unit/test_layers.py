@@ -7,7 +7,7 @@
     interfaces                             imports anything below
 
 Each third-party library has one home (HOMES). The entry modules at the package root
-(`__main__`, `listener`, `wakeup`: stable paths that rendered configurations name) may
+(`__main__`, `listener`, `wakeup`, `exporter`: stable paths that rendered configurations name) may
 import anything; `demo` is the standard-library-only demo agents. Imports inside
 functions count as much as those at the top.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
 
 RANK = {"core": 0, "config": 1, "supervisord": 1, "state": 1, "host": 1, "operations": 2, "daemons": 3, "interfaces": 4}
-ENTRY_MODULES = {"__init__", "__main__", "listener", "wakeup"}
+ENTRY_MODULES = {"__init__", "__main__", "listener", "wakeup", "exporter"}
 STANDALONE = {"demo"}  # imports nothing of orchestrator
 
 # third-party library -> the modules (or packages) allowed to import it

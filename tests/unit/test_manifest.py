@@ -177,3 +177,24 @@ def test_the_default_state_directory_is_beside_the_manifests_directory(manifest_
     manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n"})
     assert _load(manifests).state_dir == str(manifests.parent / ".orchestrator")
     assert _load(manifests, state_dir=str(manifests / "elsewhere")).state_dir == str(manifests / "elsewhere")
+
+
+def test_an_exporter_beyond_loopback_is_an_error_at_its_line_unless_asked_for_and_then_a_warning(manifest_set):
+    agent = {"agents/a.yaml": "name: a\ncommand: [sh]\n"}
+    manifests = manifest_set({**agent, "orchestrator.yaml": "project: p\nexporter:\n  listen: 0.0.0.0:9300\n"})
+    with pytest.raises(ManifestError) as caught:
+        _load(manifests)
+    found = [(d.location.file.rsplit("/", 1)[1], d.location.line, d.key) for d in caught.value.errors]
+    assert found == [("orchestrator.yaml", 3, "exporter.listen")]
+    assert "exporter.allow_remote" in caught.value.errors[0].message
+    manifests = manifest_set({**agent, "orchestrator.yaml": "project: p\nexporter:\n  listen: 0.0.0.0:9300\n  allow_remote: true\n"})
+    loaded = _load(manifests)
+    assert [(w.severity, w.key, w.location.line) for w in loaded.warnings] == [("warning", "exporter.listen", 3)]
+
+
+def test_the_exporter_listens_on_loopback_by_default_and_can_be_turned_off(manifest_set):
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n"})
+    exporter = _load(manifests).settings.exporter
+    assert exporter.enabled and exporter.listen.startswith("127.0.0.1:") and not exporter.allow_remote
+    manifests = manifest_set({"agents/a.yaml": "name: a\ncommand: [sh]\n", "orchestrator.yaml": "exporter: {enabled: false}\n"})
+    assert not _load(manifests).settings.exporter.enabled

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from supervisor.options import ServerOptions
 
+from orchestrator.core.names import is_internal
 from orchestrator.state.files import write_tree
 from orchestrator.supervisord import render
 from orchestrator.interfaces.cli import cli
@@ -144,7 +145,7 @@ def test_render_out_writes_a_set_that_supervisord_loads_on_its_own_with_every_ag
     options = ServerOptions()
     options.configfile = str(out / render.MAIN_CONFIG)
     options.process_config(do_usage=False)
-    groups = sorted(g.name for g in options.process_group_configs if g.name != render.LISTENER)
+    groups = sorted(g.name for g in options.process_group_configs if not is_internal(g.name))
     assert groups == sorted(manifests.names)
     assert f"files = {render.PROGRAMS_DIR}/*.conf" in (out / render.MAIN_CONFIG).read_text().splitlines()
     included = sorted(info.split('"')[1] for info in options.parse_infos if info.startswith("Included extra file"))

@@ -1,0 +1,193 @@
+"""One full sample of the exporter at 50, 200 and 500 agent processes, against Debian's prometheus-process-exporter.
+
+The same processes for both, in the same run: N `sleep` processes started by
+this benchmark (their argument, a duration no one else uses, is what
+process-exporter matches them by).
+
+Each sleeper holds a listening TCP socket (one, shared, as its stdin), so
+both read the TCP tables and attribute sockets as they would for agents.
+
+  - orchestrator: a separate Python process imports the exporter as supervisord
+    runs it and, in each round, takes one sample (the /proc pass of every tree,
+    restart state, the snapshot) and renders the scrape (the Collector through
+    prometheus-client's text exposition); CPU (process time) and wall time of
+    each round, median of RUNS rounds, and the process's peak RSS at the end.
+    supervisord's answer is given by a stand-in naming the N pids, so the
+    figures are the exporter's own, not supervisord's getAllProcessInfo
+    (which grows with N squared; see DESIGN.md); readiness probes are off.
+  - baseline: `prometheus-process-exporter` with its defaults and one group
+    for the N processes (`{{.Comm}}`), scraped RUNS times over HTTP after a
+    warm-up; its CPU per scrape is the growth of its utime+stime divided by
+    the scrapes (clock ticks: 10 ms; hence many scrapes), and its wall time
+    the median HTTP round trip.
+
+Goal: at 500 processes, at most 40% of process-exporter's CPU per sample, and
+the exporter's peak RSS under 40 MB. Exit 1 when either is missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import free_ports, terminate_as_interrupt  # noqa: E402
+
+SIZES = (50, 200, 500)
+RUNS = 30
+CPU_GOAL = 0.40          # of process-exporter's CPU per sample, at the largest size
+RSS_GOAL = 40 * 2 ** 20  # bytes
+MARK = "3599.4242"       # the sleeps' argument: how process-exporter tells them from other processes
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# Runs in its own interpreter, so its RSS is the exporter's: argv = pids..., prints JSON.
+OURS = """
+import json, os, resource, statistics, sys, tempfile, time
+from orchestrator.core.processes import ProcessInfo
+from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
+
+class Stand:
+    def __init__(self, pids):
+        now = int(time.time())
+        self.rows = [ProcessInfo(f"a-{i:04d}", f"a-{i:04d}", "RUNNING", pid, now - 60, now, 0, "", "") for i, pid in enumerate(pids)]
+    def processes(self):
+        return list(self.rows)
+    def pid(self):
+        return os.getppid()
+
+runs, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
+sampler = Sampler(tempfile.mkdtemp(), Stand(pids), interval=5.0, probe=False)
+reg = registry(sampler)
+settle()  # as the exporter's main does once started
+exposition(reg)
+cpu, wall = [], []
+for _ in range(runs):
+    c, w = time.process_time(), time.perf_counter()
+    sampler.sample()
+    text = exposition(reg)
+    cpu.append(time.process_time() - c)
+    wall.append(time.perf_counter() - w)
+assert text.count(b"orchestrator_process_resident_memory_bytes{") == len(pids), "not every process was sampled"
+assert text.count(b'state="listen"} 1.0') == len(pids), "not every process's socket was found"
+print(json.dumps({"cpu": statistics.median(cpu), "wall": statistics.median(wall),
+                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def ours(pids: list[int]) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", OURS, str(RUNS), *map(str, pids)], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"the exporter's sample failed:\n{done.stderr}")
+    return dict(json.loads(done.stdout))
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        rest = handle.read().rsplit(b")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / TICKS
+
+
+def _scrape(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        return bytes(reply.read())
+
+
+def theirs(binary: str, tmp: Path, count: int) -> dict[str, float]:
+    config = tmp / "process-exporter.yml"
+    config.write_text(json.dumps({"process_names": [{"name": "{{.Comm}}", "cmdline": [MARK.replace(".", r"\.")]}]}))
+    port = free_ports(1)[0]
+    exporter = subprocess.Popen([binary, "-config.path", str(config), "-web.listen-address", f"127.0.0.1:{port}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError):
+                text = _scrape(url)
+                if f'num_procs{{groupname="sleep"}} {count}'.encode() in text:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"process-exporter did not count the {count} processes within 30 s")
+            time.sleep(0.1)
+        for _ in range(3):
+            _scrape(url)
+        before, walls = _cpu_seconds(exporter.pid), []
+        for _ in range(RUNS):
+            started = time.perf_counter()
+            _scrape(url)
+            walls.append(time.perf_counter() - started)
+        cpu = (_cpu_seconds(exporter.pid) - before) / RUNS
+        with open(f"/proc/{exporter.pid}/status") as handle:
+            rss = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM:"))
+        return {"cpu": cpu, "wall": statistics.median(walls), "rss": rss}
+    finally:
+        exporter.terminate()
+        try:
+            exporter.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            exporter.kill()
+            exporter.wait(timeout=10)
+
+
+def main() -> None:
+    terminate_as_interrupt()
+    binary = shutil.which("prometheus-process-exporter")
+    sleep = shutil.which("sleep")
+    if binary is None or sleep is None:
+        raise SystemExit("needs Debian's prometheus-process-exporter and `sleep` (make bench installs the first)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-exporter-"))
+    sleepers: list[subprocess.Popen[bytes]] = []
+    results = []
+    # every sleeper holds a listening TCP socket as its stdin, as an agent holds its port: the exporter reads the
+    # TCP tables and finds each one's socket, as it must for real agents
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    try:
+        for size in SIZES:
+            while len(sleepers) < size:
+                sleepers.append(subprocess.Popen([sleep, MARK], stdin=held.fileno()))
+            pids = [p.pid for p in sleepers]
+            results.append((size, ours(pids), theirs(binary, tmp, size)))
+    finally:
+        for process in sleepers:
+            process.kill()
+        for process in sleepers:
+            process.wait()
+        held.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print(f"one full sample (sample + exposition), median of {RUNS}; process-exporter: CPU per scrape over {RUNS} scrapes")
+    print(f"  {'processes':>9}  {'ours CPU':>9}  {'ours wall':>9}  {'p-e CPU':>9}  {'p-e wall':>9}  {'CPU ratio':>9}")
+    for size, mine, base in results:
+        print(f"  {size:>9}  {mine['cpu'] * 1000:>6.1f} ms  {mine['wall'] * 1000:>6.1f} ms  {base['cpu'] * 1000:>6.1f} ms  "
+              f"{base['wall'] * 1000:>6.1f} ms  {mine['cpu'] / base['cpu'] if base['cpu'] else float('inf'):>8.2f}x")
+    size, mine, base = results[-1]
+    ratio = mine["cpu"] / base["cpu"] if base["cpu"] else float("inf")
+    print(f"  peak RSS at {size}: exporter {mine['rss'] / 2 ** 20:.1f} MB, process-exporter {base['rss'] / 2 ** 20:.1f} MB")
+    missed = []
+    if ratio > CPU_GOAL:
+        missed.append(f"CPU per sample at {size} is {ratio:.0%} of process-exporter's (goal: at most {CPU_GOAL:.0%})")
+    if mine["rss"] >= RSS_GOAL:
+        missed.append(f"the exporter's RSS is {mine['rss'] / 2 ** 20:.1f} MB (goal: under {RSS_GOAL / 2 ** 20:.0f} MB)")
+    for line in missed:
+        print(f"  MISSED: {line}")
+    print(f"  goal: at most {CPU_GOAL:.0%} of process-exporter's CPU at {size}, RSS under {RSS_GOAL / 2 ** 20:.0f} MB: "
+          + ("met" if not missed else "missed"))
+    if missed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

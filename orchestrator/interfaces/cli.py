@@ -38,7 +38,7 @@ from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, client_for, compute
 from orchestrator.supervisord.client import Client
 from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
-from orchestrator.state import alerts as alert_history, evidence
+from orchestrator.state import alerts as alert_history, evidence, samples
 from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
 from orchestrator.config.manifest import LoadOptions, load
@@ -428,7 +428,8 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     opened: dict[str, tuple[str, ...]] = {}
     for alert in alert_history.active(state_dir):
         opened[alert.agent] = (*opened.get(alert.agent, ()), alert.level)
-    rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened)
+    rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened,
+                          sampled=samples.read(state_dir, time.time()))
     if live.latch is not None and output != "json":
         click.echo(click.style(f"{runtime.describe_latch(live.latch)}; clear it with `orchestrator emergency-clear`",
                                fg="red", bold=True), err=True)

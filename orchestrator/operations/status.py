@@ -71,16 +71,19 @@ def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool
 
 def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None = None,
             histories: Mapping[str, AgentHistory] | None = None, now: float | None = None,
-            alerts: Mapping[str, tuple[str, ...]] | None = None) -> list[Row]:
+            alerts: Mapping[str, tuple[str, ...]] | None = None,
+            sampled: Mapping[int, tuple[float | None, int | None]] | None = None) -> list[Row]:
     """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT.
 
-    `alerts`: the levels of each agent's open alerts, which its health score counts."""
+    `alerts`: the levels of each agent's open alerts, which its health score counts. `sampled`: CPU and RSS by
+    pid from the exporter's latest sample (state.samples); without it, status samples the process trees itself."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes():
         if not is_internal(process.group):
             by_group.setdefault(process.group, []).append(process)
     wanted = sorted(set(agents) | set(by_group)) if not names else list(names)
-    figures = sample_trees([p.pid for g in wanted for p in by_group.get(g, []) if p.pid], CPU_SAMPLE)
+    pids = [p.pid for g in wanted for p in by_group.get(g, []) if p.pid]
+    figures = dict(sampled) if sampled is not None and all(pid in sampled for pid in pids) else sample_trees(pids, CPU_SAMPLE)
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
     rows = []

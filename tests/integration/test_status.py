@@ -101,3 +101,21 @@ def test_status_scores_each_agents_health_and_names_every_point_it_lost(project)
     stopped = {r["agent"]: r for r in json.loads(project.run("status", "--output", "json").stdout)}
     assert stopped["feed"]["score"] == 0 and stopped["feed"]["penalties"][0]["cause"] == "down"
     assert stopped["calc"]["score"] == 0
+
+
+def test_status_reads_the_exporters_latest_sample_when_it_is_fresh_and_samples_itself_when_not(project):
+    import time
+
+    from orchestrator.state import samples
+
+    # no exporter: the samples written here are the only ones
+    (project.manifests / "orchestrator.yaml").write_text("project: test\nexporter: {enabled: false}\n")
+    project.toy("feed", free_ports(1)[0])
+    project.run("up", check=True)
+    pid = project.pids()["feed"]
+    samples.write(str(project.state), time.time(), 5.0, {pid: (42.5, 123_456_789)})
+    row = json.loads(project.run("status", "--output", "json").stdout)[0]
+    assert (row["cpu_percent"], row["memory_rss_bytes"]) == (42.5, 123_456_789)  # the exporter's figures
+    samples.write(str(project.state), time.time() - 60, 5.0, {pid: (42.5, 123_456_789)})  # stale: 60 s > 2 x 5 s
+    row = json.loads(project.run("status", "--output", "json").stdout)[0]
+    assert row["memory_rss_bytes"] != 123_456_789 and row["memory_rss_bytes"] > 0  # measured by status itself

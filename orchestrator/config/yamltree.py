@@ -328,8 +328,8 @@ def dump(data: Any) -> str:
     expression stays on the line of its key.
     """
     yaml = YAML(typ="safe", pure=True)
-    yaml.default_flow_style = False  # type: ignore[assignment]  # typed None, takes a bool
-    yaml.sort_base_mapping_type_on_output = False   # keep insertion order
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # typed None, takes a bool: keep insertion order
     yaml.width = 1 << 16
     stream = io.StringIO()
     yaml.dump(data, stream)

@@ -703,7 +703,7 @@ def rules_command(options: Options, out: str | None, output: str) -> None:
         if check.ok is None:
             click.echo(f"not checked: {check.output}", err=True)
         elif check.ok:
-            click.echo(f"promtool check rules: {check.output.splitlines()[-1] if check.output else 'SUCCESS'}")
+            click.echo(f"promtool check rules: {check.output.splitlines()[-1].strip() if check.output else 'SUCCESS'}")
     if check.ok is False:
         raise OrchestratorError(f"promtool check rules failed on {display_path(path)}:\n{check.output}")
 

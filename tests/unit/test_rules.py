@@ -353,3 +353,29 @@ def test_the_cli_writes_the_rules_and_prints_a_scrape_configuration(tmp_path: Pa
     done = runner.invoke(cli, ["-m", str(DEMO), "prometheus-config", "--rules-dir", str(tmp_path), "--output", "json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout)["rule_files"] == [str(tmp_path / rules.RULES_FILE)]
+
+
+def test_without_promtool_the_rules_are_written_and_said_to_be_unchecked(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.interfaces.cli import cli
+
+    done = CliRunner().invoke(cli, ["-m", str(DEMO), "rules", "--out", str(tmp_path / "out")],
+                              env={"PATH": str(tmp_path)})
+    assert done.exit_code == 0, done.output
+    assert "promtool is not on PATH" in done.stderr
+    assert (tmp_path / "out" / rules.RULES_FILE).is_file()
+
+
+def test_invalid_manifests_write_no_rules_and_name_the_place(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.interfaces.cli import cli
+
+    shutil.copytree(DEMO, tmp_path / "manifests")
+    template = tmp_path / "manifests" / "templates" / "python-agent.yaml"
+    template.write_text(template.read_text().replace("warning: 150", "warning: 500"))
+    done = CliRunner().invoke(cli, ["-m", str(tmp_path / "manifests"), "rules", "--out", str(tmp_path / "out")])
+    assert done.exit_code == 1
+    assert "python-agent.yaml:27:39: resources.memory_mb.critical" in done.stderr
+    assert not (tmp_path / "out").exists()

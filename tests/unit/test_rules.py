@@ -121,10 +121,6 @@ def _summary(rule: rules.AlertRule, labels: dict[str, str], value: float) -> str
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], text)
 
 
-def _seconds(text: str) -> float:
-    return float(text) if text else 0.0
-
-
 def _at(seconds: float) -> str:
     return rules.duration(seconds) if seconds else "0s"
 

@@ -14,6 +14,7 @@ loader); scalars are resolved by ruamel's own YAML 1.2 resolver and built here.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from dataclasses import dataclass, field, replace
@@ -318,3 +319,18 @@ class _Builder:
             except ValueError:
                 return text
         return text  # str, timestamps and custom tags stay as written
+
+
+def dump(data: Any) -> str:
+    """`data` (plain dicts, lists, strings and numbers) as block-style YAML, keys in their given order.
+
+    The writer of generated files (Prometheus rules and configuration): lines are never folded, so an
+    expression stays on the line of its key.
+    """
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # typed None, takes a bool: keep insertion order
+    yaml.width = 1 << 16
+    stream = io.StringIO()
+    yaml.dump(data, stream)
+    return stream.getvalue()

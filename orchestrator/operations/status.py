@@ -26,6 +26,7 @@ from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory
 
 CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
+MIB = 1024 * 1024   # memory_mb thresholds are MiB, as the exporter and the generated rules read them
 CHECK_TIMEOUT = 2.0
 
 
@@ -109,7 +110,7 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
             up = process.state in UP_STATES
             figures_now = HealthInputs(up=up, ready=ready and up, given_up=history.given_up,
                                        reason=history.reason or process.state, cpu_percent=cpu,
-                                       memory_mb=None if rss is None else rss / 1e6, uptime=process.uptime if up else None,
+                                       memory_mb=None if rss is None else rss / MIB, uptime=process.uptime if up else None,
                                        liveness_failures=1 if health.startswith("failing") else 0)
             points, penalties = _health(agent, history, figures_now, opened)
             rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,

@@ -493,12 +493,13 @@ BIND_RETRY = 5.0  # seconds between attempts to listen on an address in use
 PARENT_CHECK = 1.0  # seconds between two looks at whether supervisord, the parent, is still there
 
 
-def serve(listen: str, reg: CollectorRegistry, *, stop: threading.Event) -> None:
+def serve(listen: str, reg: CollectorRegistry, *, stop: threading.Event, gone: Callable[[], bool] = lambda: False) -> None:
     """Listen on `listen` (HOST:PORT); an address in use is tried again every BIND_RETRY seconds, not fatal:
-    supervisord would restart an exiting exporter at once, over and over."""
+    supervisord would restart an exiting exporter at once, over and over. `gone`: supervisord, the parent, has
+    died; the retries end then too, so an exporter kept from its port never outlives its supervisord."""
     host, port = split_host_port(listen)
     said = False
-    while not stop.is_set():
+    while not stop.is_set() and not gone():
         try:
             start_server(host, port, reg)
             log(f"exporter: listening on {listen}")
@@ -521,14 +522,18 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     parent = os.getppid()
+
+    def gone() -> bool:  # supervisord was killed: its exporter must not outlive it, holding the port
+        return os.getppid() != parent
+
     sampler = Sampler(args.state_dir, Client(args.socket, timeout=10.0), interval=args.interval, pss=args.pss, log=log)
     reg = registry(sampler)
     settle()
     sampler.start()
-    serve(args.listen, reg, stop=stop)
+    serve(args.listen, reg, stop=stop, gone=gone)
     with contextlib.suppress(KeyboardInterrupt):
-        while not stop.wait(PARENT_CHECK):
-            if os.getppid() != parent:  # supervisord was killed: its exporter must not outlive it, holding the port
-                log("exporter: supervisord is gone; exiting")
-                break
+        while not gone() and not stop.wait(PARENT_CHECK):
+            pass
+    if gone():
+        log("exporter: supervisord is gone; exiting")
     sampler.stop()

@@ -106,7 +106,8 @@ class Project:
         self.state = root / ".orchestrator"
         self.log = root / "events.log"
         (self.manifests / "agents").mkdir(parents=True)
-        (self.manifests / "orchestrator.yaml").write_text("project: test\n")
+        # each project's exporter on a port of its own: two tests (or two runs) never wait for one another's port
+        (self.manifests / "orchestrator.yaml").write_text(f"project: test\nexporter: {{listen: \"127.0.0.1:{free_ports(1)[0]}\"}}\n")
 
     def write(self, rel: str, text: str) -> None:
         path = self.manifests / rel

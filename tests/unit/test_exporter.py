@@ -234,3 +234,34 @@ def _state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_an_exporter_kept_from_its_port_still_ends_when_its_parent_is_gone(tmp_path: Path):
+    """Regression: while another process held its port, the exporter only retried listening and outlived a killed
+    supervisord (the orphan `down` and the boot tests then found)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        said = tmp_path / "exporter.log"
+        command = (f"{sys.executable} -m orchestrator.exporter --state-dir {tmp_path} --socket {tmp_path}/none.sock "
+                   f"--listen 127.0.0.1:{port} --interval 0.2 2>{said} & echo $!; exec sleep 600")
+        parent = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True)
+        assert parent.stdout is not None
+        exporter = int(parent.stdout.readline())
+        try:
+            deadline = time.monotonic() + 30
+            while "cannot listen" not in (said.read_text() if said.exists() else ""):
+                assert time.monotonic() < deadline, "the exporter never tried its port"
+                time.sleep(0.05)
+            parent.kill()
+            parent.wait(timeout=10)
+            deadline = time.monotonic() + 15  # one BIND_RETRY (5 s) at most, with room for a busy machine
+            while os.path.exists(f"/proc/{exporter}") and "Z" not in _state(exporter):
+                assert time.monotonic() < deadline, "the exporter outlived its parent while kept from its port"
+                time.sleep(0.1)
+        finally:
+            parent.kill()
+            parent.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(exporter, signal.SIGKILL)

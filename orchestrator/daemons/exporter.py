@@ -20,8 +20,10 @@ known interval between two samples of the same process.
 Series are labelled by agent and process name, never by PID. An agent the
 live version declares but supervisord does not run is exported as down; an
 agent apply removed is in neither, so its series are gone from the next scrape.
-Thresholds, alerts, enforcement, health scores and forecasts will read the
-same snapshot (`Snapshot` is their extension point).
+After each sample, `daemons.thresholds` evaluates the agents' thresholds
+(alerts, limits acted on, forecasts, health, evidence) and its assessment
+goes into the snapshot; between two samples longer than LIMIT_TICK, the
+memory and open files of the agents with a limit are checked on their own.
 
 Called by supervisord, through `orchestrator.exporter`.
 """
@@ -191,15 +193,19 @@ class Sampler:
         if not watched:
             return
         roots = {(p.agent, p.process): p.pid for p in snap.processes if p.agent in watched and p.pid and p.figures is not None}
+        fds = {key for key in roots if watched[key[0]].resources.open_fds.limit is not None}
         try:
-            found = sampling.sample(roots, limits=self._limits)
-            figures: dict[str, list[sampling.Figures]] = {}
-            for (agent, _), f in found.trees.items():
-                figures.setdefault(agent, []).append(f)
-            observed = [Observed(name=a.name, agent=a.agent, up=a.up and a.name in figures,
+            found = sampling.light(roots, fds=fds)
+            rss: dict[str, list[float]] = {}
+            files: dict[str, list[float]] = {}
+            for (agent, _), (memory, open_fds) in found.items():
+                rss.setdefault(agent, []).append(memory / 1e6)
+                if open_fds is not None:
+                    files.setdefault(agent, []).append(float(open_fds))
+            observed = [Observed(name=a.name, agent=a.agent, up=a.up and a.name in rss,
                                  started_at=self._started.get(a.name),
-                                 memory_mb=max((f.rss_bytes / 1e6 for f in figures.get(a.name, [])), default=None),
-                                 open_fds=max((f.open_fds for f in figures.get(a.name, [])), default=None))
+                                 memory_mb=max(rss.get(a.name, []), default=None),
+                                 open_fds=max(files.get(a.name, []), default=None))
                         for a in snap.agents if a.name in watched]
             self.thresholds.check(observed, metrics=("memory_mb", "open_fds"))
         except Exception as exc:  # noqa: BLE001 - a failed check must not end the thread: count it, say it, go on

@@ -4,6 +4,7 @@ answers come from a stand-in that names the tree's root pid). Every process star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -17,8 +18,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.core.model import Agent, Resources
+from orchestrator.core.model import Thresholds as Levels
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Exporter, Sampler, exposition, registry
+from orchestrator.daemons.thresholds import Thresholds
 from orchestrator.host import sampling
 
 # A parent that listens on a port, burns some CPU, and keeps two children (one of them multi-threaded).
@@ -234,3 +238,43 @@ def _state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_the_light_read_gives_the_same_tree_rss_as_the_full_sample(tree):
+    deadline = time.monotonic() + 10
+    while True:   # the tree's children are still starting when the fixture hands it over: compare once it is still
+        before = sampling.sample({"calc": tree.pid}).trees["calc"]
+        rss, fds = sampling.light({"calc": tree.pid}, fds={"calc"})["calc"]
+        after = sampling.sample({"calc": tree.pid}).trees["calc"]
+        if (before.rss_bytes, before.open_fds) == (after.rss_bytes, after.open_fds) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert abs(rss - after.rss_bytes) <= 0.05 * after.rss_bytes
+    assert fds == after.open_fds
+
+
+def test_a_limit_is_checked_between_two_samples_longer_than_the_tick_and_acted_on(tree, tmp_path: Path):
+    reported = []
+    sampler = Sampler(str(tmp_path), Stand(tree.pid), interval=3600.0, probe=False, limit_tick=0.05,
+                      thresholds=Thresholds(str(tmp_path), report=reported.append, log=lambda line: None))
+    sampler.sample()
+    agent = Agent(name="calc", command=("x",), resources=Resources(memory_mb=Levels(limit=1.0), warmup=0.0))
+    declared = dataclasses.replace(sampler.snapshot, agents=tuple(a._replace(up=True, agent=agent)
+                                                                  for a in sampler.snapshot.agents))
+    samples = []
+    original = sampler.sample
+
+    def sample() -> object:   # the first sample of the loop; then the snapshot declares the limit
+        samples.append(original())
+        sampler.snapshot = declared
+        return sampler.snapshot
+
+    sampler.sample = sample  # type: ignore[method-assign]
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not reported and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sampler.stop()
+    assert [a.reason for a in reported] == ["memory_limit"] and len(samples) == 1

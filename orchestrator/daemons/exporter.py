@@ -634,6 +634,7 @@ def log(line: str) -> None:
 
 
 BIND_RETRY = 5.0  # seconds between attempts to listen on an address in use
+STOP_WAIT = 5.0  # seconds the sampler may take to finish at exit (a sample in progress, the evidence saved)
 PARENT_CHECK = 1.0  # seconds between two looks at whether supervisord, the parent, is still there
 
 
@@ -674,7 +675,7 @@ def main(argv: list[str] | None = None) -> None:
                       thresholds=Thresholds(args.state_dir, report=report, log=log))
     reg = registry(sampler)
     settle()
-    sampler.start()
+    sampling_thread = sampler.start()
     serve(args.listen, reg, stop=stop)
     with contextlib.suppress(KeyboardInterrupt):
         while not stop.wait(PARENT_CHECK):
@@ -682,3 +683,4 @@ def main(argv: list[str] | None = None) -> None:
                 log("exporter: supervisord is gone; exiting")
                 break
     sampler.stop()
+    sampling_thread.join(STOP_WAIT)   # it saves the evidence and hands the notifier what it holds

@@ -165,9 +165,13 @@ class Thresholds:
             key = (o.name, metric)
             limit = resources.memory_mb.limit if metric == "memory_mb" else (resources.open_fds.limit or o.fd_limit)
             value = getattr(o, metric)
-            if limit is None or limit <= 0:
+            if limit is None or limit <= 0:   # no limit (any more): no forecast, and no PREDICTED left firing
                 self.windows.pop(key, None)
                 self.forecasts.pop(key, None)
+                if self.predicted.pop(key, Predicted()).firing:
+                    self._record(AlertRecord(key=f"{o.name}/{metric}/PREDICTED", agent=o.name, metric=metric,
+                                             level="PREDICTED", kind="resolved", value=value or 0.0, threshold=0.0,
+                                             at=now, summary=f"{o.name} PREDICTED resolved: {metric} has no limit"))
                 continue
             if o.up and value is not None:
                 self.windows[key] = self.windows.get(key, _window(self.horizon)).add(now, value, o.run)

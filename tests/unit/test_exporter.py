@@ -157,6 +157,37 @@ def test_the_collector_describes_its_families_without_sampling(tmp_path: Path):
     assert sampler.counters.samples == 0
 
 
+def test_the_threshold_families_carry_the_names_and_labels_alert_rules_use(tmp_path: Path):
+    """The names and labels `orchestrator rules` and dashboards are written against."""
+    from orchestrator.core.forecast import Forecast
+    from orchestrator.core.health import Health, Penalty
+    from orchestrator.daemons.thresholds import Assessment
+    from orchestrator.state.alerts import AlertRecord
+
+    sampler = Sampler(str(tmp_path), Stand(os.getpid()), interval=1.0, probe=False)
+    firing = AlertRecord(key="calc/memory_mb/WARNING", agent="calc", metric="memory_mb", level="WARNING", kind="firing",
+                         value=310.0, threshold=300.0, at=0.0, summary="")
+    fc = Forecast(slope=1.0, low_slope=0.5, high_slope=2.0, level=300.0, limit=400.0, seconds=100.0, earliest=50.0,
+                  latest=200.0, samples=10, span=100.0)
+    sampler.snapshot = dataclasses.replace(sampler.snapshot, assessment=Assessment(
+        firing=(firing,), health={"calc": Health(87, (Penalty("memory", 13, ""),))}, forecasts={("calc", "memory_mb"): fc}))
+    found = {(s.name, tuple(sorted(s.labels))): s.value for m in Exporter(sampler).collect() for s in m.samples}
+    assert found[("orchestrator_agent_alert", ("agent", "level", "metric"))] == 1.0
+    assert found[("orchestrator_agent_health_score", ("agent",))] == 87
+    assert found[("orchestrator_agent_health_penalty_points", ("agent", "cause"))] == 13
+    assert found[("orchestrator_agent_exhaustion_seconds", ("agent", "resource"))] == 100.0
+    from orchestrator.core.policies import AgentHistory
+    from orchestrator.daemons.exporter import AgentSample
+
+    history = AgentHistory(restarts=3, restart_reasons={"memory_limit": 1, "operator": 1})
+    sampler.snapshot = dataclasses.replace(sampler.snapshot, agents=(AgentSample("calc", True, True, history, None),))
+    restarts = {s.labels["reason"]: s.value for m in Exporter(sampler).collect() for s in m.samples
+                if s.name == "orchestrator_agent_restarts_total"}
+    # two automatic restarts counted before reasons were kept are crashes; every reason is always there
+    assert restarts == {"crash": 2, "liveness": 0, "memory_limit": 1, "cpu_limit": 0, "fds_limit": 0, "dependency": 0,
+                        "operator": 1}
+
+
 def test_a_port_in_use_is_tried_again_not_fatal():
     from threading import Event, Thread
 

@@ -111,3 +111,17 @@ def test_notification_targets_come_from_the_versions_kept_settings():
         {"name": "hook", "url": "http://127.0.0.1:1/", "type": "webhook", "command": [], "min_severity": "critical"}]})
     assert project == "desk" and targets[0].min_severity == "critical" and targets[0].command == ()
     assert notifier_targets({}) == ("orchestrator", ())
+
+
+def test_a_predicted_alert_resolves_when_its_limit_is_removed(tmp_path: Path):
+    t, clock, _, sent, agent = _setup(tmp_path, memory_mb=Levels(limit=200), warmup=0.0)
+    t.horizon = 20.0
+    memory = 100.0
+    while not any(r.level == "PREDICTED" for r in sent):
+        t.assess(_seen(agent, memory), {agent.name: agent}, ready={}, histories={}, uptimes={})
+        clock.now += 0.5
+        memory += 5.0
+    unlimited = _agent(warmup=0.0)
+    t.assess(_seen(unlimited, memory), {agent.name: unlimited}, ready={}, histories={}, uptimes={})
+    assert [(r.level, r.kind) for r in sent][-1] == ("PREDICTED", "resolved")
+    assert alerts.active(str(tmp_path)) == []

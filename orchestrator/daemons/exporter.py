@@ -634,7 +634,7 @@ def log(line: str) -> None:
 
 
 BIND_RETRY = 5.0  # seconds between attempts to listen on an address in use
-STOP_WAIT = 5.0  # seconds the sampler may take to finish at exit (a sample in progress, the evidence saved)
+STOP_WAIT = 1.0  # seconds the sampler may take to finish at exit (the evidence saved): an orphaned exporter must go soon
 PARENT_CHECK = 1.0  # seconds between two looks at whether supervisord, the parent, is still there
 
 

@@ -182,6 +182,8 @@ _settings_fields: dict[str, Field] = {
         "enabled": Field(Bool(), "run the exporter under supervisord", default=True),
         "allow_remote": Field(Bool(), "allow a listen address other than loopback", default=False),
         "pss": Field(Bool(), "also sample PSS and USS (costs a read of smaps_rollup per process)", default=False),
+        "horizon": Field(Duration(min=1.0), "how far ahead forecasts of memory and open files look (PREDICTED)",
+                         default=3600.0),
     }, build=model.Exporter, what="an exporter mapping"), "metrics exporter", default=model.Exporter()),
     "notifications": Field(ListOf(Record(fields={
         "name": Field(Str(), "target name", required=True),

@@ -245,11 +245,12 @@ def decide(event: Event, history: AgentHistory, agent: Agent, now: float, *, wor
         cancelled = replace(history, next_restart_at=None) if history.next_restart_at is not None else None
         return Decision(cancelled, (CancelRestart("stopped on request; its pending restart is cancelled"),))
     if isinstance(event, LivenessFailed):
-        return _liveness_failed(event.detail, history, agent, now, world=world, rand=rand)
+        return _liveness_failed(event.detail, history, agent, now, world=world, rand=rand, cause="liveness")
     if isinstance(event, LimitReached):
         if event.action == "stop":
             return _limit_stop(event, history, agent, now, world=world)
-        return _liveness_failed(f"{event.reason}: {event.detail}", history, agent, now, world=world, rand=rand)
+        return _liveness_failed(f"{event.reason}: {event.detail}", history, agent, now, world=world, rand=rand,
+                                cause=event.reason)
     if isinstance(event, RestartDue):
         if not may_restart(history, world):
             return Decision(actions=(Skip("the restart is no longer due: stopped, given up, latched or waiting"),))
@@ -300,14 +301,15 @@ def _ended(ended: Exit, history: AgentHistory, agent: Agent, now: float, *, worl
     return Decision(counted, tuple(actions))
 
 
-def _liveness_failed(detail: str, history: AgentHistory, agent: Agent, now: float, *, world: World, rand: float) -> Decision:
+def _liveness_failed(detail: str, history: AgentHistory, agent: Agent, now: float, *, world: World, rand: float,
+                     cause: str) -> Decision:
     """A running agent failed its liveness probe: stop it, then its restart policy decides, unless in cooldown."""
     if history.given_up or history.stopped or world.quiet:
         return Decision(actions=(Skip("given up, stopped, latched or standing down: no liveness action"),))
     cooldown = agent.resources.cooldown
     if history.in_cooldown(cooldown, now):
         return Decision(actions=(Record(f"{detail}; no action: in cooldown for {cooldown:g}s after the last one"),))
-    decision = policies.decide(Exit(exitstatus=None, detail=detail), history, agent.restart, now, rand=rand)
+    decision = policies.decide(Exit(exitstatus=None, detail=detail), history, agent.restart, now, rand=rand, cause=cause)
     counted = replace(decision.history, last_action_at=now, exits=history.exits + 1)
     then: Action
     if decision.action == "restart":

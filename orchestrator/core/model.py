@@ -154,6 +154,7 @@ class Exporter:
     enabled: bool = True
     allow_remote: bool = False   # an address other than loopback must be asked for
     pss: bool = False            # PSS and USS (smaps_rollup): exact shared memory, at a cost per process
+    horizon: float = 3600.0      # how far ahead forecasts look: PREDICTED fires for a limit reached within it
 
 
 @dataclass(frozen=True)

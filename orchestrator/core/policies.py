@@ -20,10 +20,15 @@ the count again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from orchestrator.core.model import RestartPolicy
+
+# Why an agent was restarted, as `orchestrator_agent_restarts_total{reason}` says: an exit or a failed start, a failed
+# liveness probe, a limit of its resources (the exporter's), a dependency that came back, the operator's `restart`.
+RESTART_REASONS = ("crash", "liveness", "memory_limit", "cpu_limit", "fds_limit", "dependency", "operator")
 
 Action = Literal["restart", "give-up", "record", "ignore"]
 
@@ -56,6 +61,14 @@ class AgentHistory:
     decided_at: float | None = None       # when the keeper decided the last restart (its delay counts from it)
     restart_token: str = ""               # names that restart decision: supervisord starts once per token
     last_event: str = ""                  # "SUPERVISORD_PID:SERIAL" of the last event handled: a redelivery is not counted twice
+    # restarts by reason (RESTART_REASONS): automatic ones as `restarts` counts them, and the operator's
+    restart_reasons: Mapping[str, int] = field(default_factory=dict)
+
+    def restarted(self, reason: str) -> AgentHistory:
+        """One more restart counted under `reason`."""
+        counts = dict(self.restart_reasons)
+        counts[reason] = counts.get(reason, 0) + 1
+        return replace(self, restart_reasons=counts)
 
     def started(self, now: float) -> AgentHistory:
         return replace(self, started_at=now, next_restart_at=None)
@@ -99,8 +112,10 @@ def backoff_delay(policy: RestartPolicy, attempt: int, rand: float = 0.5) -> flo
     return max(0.0, base * (1.0 + spread))
 
 
-def decide(event: Exit, history: AgentHistory, policy: RestartPolicy, now: float, *, rand: float = 0.5) -> Decision:
-    """What to do about `event`, given the agent's `history` and `policy`, at time `now`."""
+def decide(event: Exit, history: AgentHistory, policy: RestartPolicy, now: float, *, rand: float = 0.5,
+           cause: str = "crash") -> Decision:
+    """What to do about `event`, given the agent's `history` and `policy`, at time `now`; a restart is counted
+    under `cause` (one of RESTART_REASONS)."""
     if event.requested:
         return Decision("ignore", reason="stopped on request", history=replace(history, next_restart_at=None))
     status = ("exit status unknown" if event.exitstatus is None
@@ -124,5 +139,5 @@ def decide(event: Exit, history: AgentHistory, policy: RestartPolicy, now: float
                         history=replace(history, failures=failures, given_up=True, reason=why, next_restart_at=None))
     delay = backoff_delay(policy, len(failures), rand)
     return Decision("restart", delay=delay, reason=f"{reason}; restart {len(failures)} in {delay:g}s",
-                    history=replace(history, failures=failures, reason=reason, next_restart_at=now + delay,
-                                    restarts=history.restarts + 1))
+                    history=replace(history.restarted(cause), failures=failures, reason=reason,
+                                    next_restart_at=now + delay, restarts=history.restarts + 1))

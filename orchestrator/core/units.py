@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
+MIB = 1024 * 1024  # the unit of resources.memory_mb: status, the exporter, its alerts and the rules read MiB
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?")

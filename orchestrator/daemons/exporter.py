@@ -20,8 +20,10 @@ known interval between two samples of the same process.
 Series are labelled by agent and process name, never by PID. An agent the
 live version declares but supervisord does not run is exported as down; an
 agent apply removed is in neither, so its series are gone from the next scrape.
-Thresholds, alerts, enforcement, health scores and forecasts will read the
-same snapshot (`Snapshot` is their extension point).
+After each sample, `daemons.thresholds` evaluates the agents' thresholds
+(alerts, limits acted on, forecasts, health, evidence) and its assessment
+goes into the snapshot; between two samples longer than LIMIT_TICK, the
+memory and open files of the agents with a limit are checked on their own.
 
 Called by supervisord, through `orchestrator.exporter`.
 """
@@ -47,20 +49,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.core.units import MIB
 from orchestrator.core.addresses import split_host_port
+from orchestrator.core.alerts import LimitAction
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import Agent
 from orchestrator.core.names import RUNTIME_DIR, is_internal
-from orchestrator.core.policies import AgentHistory
+from orchestrator.core.policies import RESTART_REASONS, AgentHistory
 from orchestrator.core.processes import RUNNING, STARTING, STOPPING, ProcessInfo
+from orchestrator.daemons.notify import Notifier
+from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds, notifier_targets
 from orchestrator.host import probes, sampling
+from orchestrator.operations.sequencer import report_limit
 from orchestrator.state import runtime
-from orchestrator.state.history import History
+from orchestrator.state.history import History, Version
 from orchestrator.supervisord.client import Client
 
 ABSENT = "ABSENT"   # declared by the live version, unknown to supervisord
 PROBE_TIMEOUT = 2.0
 PROBE_WORKERS = 8
+LIMIT_TICK = 1.0      # seconds: limits are checked at least this often, whatever the interval
 LIMITS_REFRESH = 12   # samples between two reads of a process's open-files limit (a limit seldom changes)
 
 
@@ -102,6 +110,7 @@ class Snapshot:
     version: int | None = None
     applied: float | None = None
     version_status: str = ""
+    assessment: Assessment = field(default_factory=Assessment)
 
 
 @dataclass
@@ -128,8 +137,12 @@ class Sampler:
 
     def __init__(self, state_dir: str, supervisor: Supervisor, *, interval: float, pss: bool = False,
                  log: Callable[[str], None] = lambda line: None, clock: Callable[[], float] = time.monotonic,
-                 probe: bool = True) -> None:
+                 probe: bool = True, thresholds: Thresholds | None = None, limit_tick: float = LIMIT_TICK) -> None:
         self.state_dir = state_dir
+        self.thresholds = thresholds
+        self.limit_tick = limit_tick
+        self.notifier: Notifier | None = None
+        self._configured: int | None = None
         self.supervisor = supervisor
         self.interval = interval
         self.pss = pss
@@ -142,6 +155,7 @@ class Sampler:
         self._previous: dict[tuple[str, str], tuple[int, float, float]] = {}   # key -> (pid, cpu seconds, when)
         self._limits: dict[int, tuple[int, int | None]] = {}
         self._passes = 0
+        self._started: dict[str, float] = {}
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="readiness")
 
@@ -154,9 +168,51 @@ class Sampler:
         self._stop.set()
 
     def run(self) -> None:
+        """A full sample every `interval`; between two, when that is longer than `limit_tick`, a check of the
+        memory and open files of the agents that have a limit every `limit_tick` (a limit is acted on within it)."""
         while not self._stop.is_set():
             self.sample()
-            self._stop.wait(self.interval)
+            due = self.clock() + self.interval
+            while not self._stop.wait(max(0.0, min(self.limit_tick, due - self.clock()))):
+                if self.clock() >= due - 1e-3:
+                    break
+                self.check_limits()
+        if self.thresholds is not None:
+            self.thresholds.save()
+        if self.notifier is not None:
+            self.notifier.close(timeout=2.0)
+
+    def check_limits(self) -> None:
+        """Memory and open files of the agents with a limit, read alone (their trees' /proc files), against their
+        rules: what the 1 s tick between two longer samples costs (README: Thresholds and alerts)."""
+        if self.thresholds is None:
+            return
+        snap = self.snapshot
+        watched = {a.name: a.agent for a in snap.agents
+                   if a.agent is not None and (a.agent.resources.memory_mb.limit is not None
+                                               or a.agent.resources.open_fds.limit is not None)}
+        if not watched:
+            return
+        roots = {(p.agent, p.process): p.pid for p in snap.processes if p.agent in watched and p.pid and p.figures is not None}
+        fds = {key for key in roots if watched[key[0]].resources.open_fds.limit is not None}
+        try:
+            found = sampling.light(roots, fds=fds)
+            rss: dict[str, list[float]] = {}
+            files: dict[str, list[float]] = {}
+            for (agent, _), (memory, open_fds) in found.items():
+                rss.setdefault(agent, []).append(memory / MIB)
+                if open_fds is not None:
+                    files.setdefault(agent, []).append(float(open_fds))
+            observed = [Observed(name=a.name, agent=a.agent, up=a.up and a.name in rss,
+                                 started_at=self._started.get(a.name),
+                                 memory_mb=max(rss.get(a.name, []), default=None),
+                                 open_fds=max(files.get(a.name, []), default=None))
+                        for a in snap.agents if a.name in watched]
+            self.thresholds.check(observed, metrics=("memory_mb", "open_fds"))
+        except Exception as exc:  # noqa: BLE001 - a failed check must not end the thread: count it, say it, go on
+            self.log(f"exporter: limit check failed: {type(exc).__name__}: {exc}")
+            with self.counters.lock:
+                self.counters.errors += 1
 
     def sample(self) -> Snapshot:
         started, cpu = time.perf_counter(), time.process_time()
@@ -223,9 +279,59 @@ class Sampler:
         with self.counters.lock:
             self.counters.vanished += found.vanished
             self.counters.errors += found.errors
-        return Snapshot(taken=time.time(), processes=tuple(processes), agents=agents, supervisord_up=up,
+        assessment = self._assess(version, declared, infos, processes, agents)
+        return Snapshot(assessment=assessment, taken=time.time(), processes=tuple(processes), agents=agents, supervisord_up=up,
                         supervisord=own, version=version.number if version else None,
                         applied=version.created if version else None, version_status=version.status if version else "")
+
+    def _configure(self, version: Version | None) -> None:
+        """The live version's settings the thresholds need: the forecast horizon, the notification targets."""
+        number = version.number if version else None
+        if self.thresholds is None or number == self._configured:
+            return
+        self._configured = number
+        settings = self.history.settings(version) if version else {}
+        exporter = settings.get("exporter")
+        if isinstance(exporter, dict) and isinstance(exporter.get("horizon"), (int, float)):
+            self.thresholds.horizon = float(exporter["horizon"])
+        project, targets = notifier_targets(settings)
+        if self.notifier is not None:
+            self.notifier.pending.put(None)   # the old one delivers what it holds, then ends; nothing waits for it
+        self.notifier = Notifier(targets, project=project, log=self.log) if targets else None
+        self.thresholds.notify = self.notifier.submit if self.notifier else (lambda alert: None)
+
+    def _assess(self, version: Version | None, declared: Mapping[str, Agent], infos: list[ProcessInfo],
+                processes: list[ProcessSample], agents: tuple[AgentSample, ...]) -> Assessment:
+        if self.thresholds is None:
+            return Assessment()
+        self._configure(version)
+        by_agent: dict[str, list[ProcessSample]] = {}
+        for p in processes:
+            if p.figures is not None:
+                by_agent.setdefault(p.agent, []).append(p)
+        starts: dict[str, tuple[int, int]] = {}
+        for info in infos:
+            if info.pid and info.start and info.state in (STARTING, RUNNING):
+                starts[info.group] = max(starts.get(info.group, (0, 0)), (info.start, info.pid))
+        self._started = {name: float(start) for name, (start, _) in starts.items()}
+        observed = []
+        uptimes = {}
+        for a in agents:
+            ps = by_agent.get(a.name, [])
+            start = starts.get(a.name)
+            ratios = [p.cpu_ratio * 100.0 for p in ps if p.cpu_ratio is not None]
+            limits = [p.figures.fd_limit for p in ps if p.figures is not None and p.figures.fd_limit is not None]
+            observed.append(Observed(
+                name=a.name, agent=a.agent, up=a.up and bool(ps), started_at=float(start[0]) if start else None,
+                run=float(start[0]) * 4194304 + start[1] if start else None,   # pids are below 2^22
+                cpu_percent=max(ratios, default=None),
+                memory_mb=max((p.figures.rss_bytes / MIB for p in ps if p.figures is not None), default=None),
+                open_fds=max((float(p.figures.open_fds) for p in ps if p.figures is not None), default=None),
+                fd_limit=min(limits, default=None)))
+            if ps:
+                uptimes[a.name] = min(p.uptime for p in ps)
+        return self.thresholds.assess(observed, declared, ready={a.name: a.ready for a in agents},
+                                      histories={a.name: a.history for a in agents}, uptimes=uptimes)
 
     def _history(self, name: str) -> AgentHistory:
         try:
@@ -271,6 +377,7 @@ class Exporter(Collector):
     def _families(self, snap: Snapshot, counters: Counters) -> Iterator[Metric]:
         yield from _process_families(snap)
         yield from _agent_families(snap)
+        yield from _threshold_families(snap.assessment)
         yield from _global_families(snap, counters)
 
 
@@ -337,7 +444,10 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily("orchestrator_agent_up", "1 when every process of the agent is RUNNING (0 when declared but down)",
                            labels=["agent"])
     ready = GaugeMetricFamily("orchestrator_agent_ready", "1 when the agent is up and its readiness probe passes", labels=["agent"])
-    restarts = CounterMetricFamily("orchestrator_agent_restarts", "automatic restarts by the restart keeper", labels=["agent"])
+    restarts = CounterMetricFamily("orchestrator_agent_restarts",
+                                   "restarts, by reason: crash, liveness, memory_limit, cpu_limit, fds_limit (the restart "
+                                   "keeper's), dependency (back after its dependency), operator (orchestrator restart)",
+                                   labels=["agent", "reason"])
     given_up = GaugeMetricFamily("orchestrator_agent_given_up", "1 when the restart policy gave the agent up", labels=["agent"])
     cpu = GaugeMetricFamily("orchestrator_agent_threshold_cpu_ratio", "configured CPU thresholds (resources.cpu_percent / 100)",
                             labels=["agent", "severity"])
@@ -348,7 +458,11 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
     for a in snap.agents:
         up.add_metric([a.name], 1.0 if a.up else 0.0)
         ready.add_metric([a.name], 1.0 if a.ready else 0.0)
-        restarts.add_metric([a.name], a.history.restarts)
+        counted = a.history.restart_reasons
+        # automatic restarts counted before reasons were kept are crashes: the labelled sum still says them all
+        earlier = max(0, a.history.restarts - sum(v for k, v in counted.items() if k not in ("dependency", "operator")))
+        for reason in RESTART_REASONS:
+            restarts.add_metric([a.name, reason], counted.get(reason, 0) + (earlier if reason == "crash" else 0))
         given_up.add_metric([a.name], 1.0 if a.history.given_up else 0.0)
         if a.agent is None:
             continue
@@ -363,6 +477,37 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
         if resources.open_files is not None:
             files.add_metric([a.name], resources.open_files)
     yield from (up, ready, restarts, given_up, cpu, memory, files)
+
+
+def _threshold_families(assessment: Assessment) -> Iterator[Metric]:
+    alert = GaugeMetricFamily("orchestrator_agent_alert", "1 while the alert of this level on this metric fires",
+                              labels=["agent", "level", "metric"])
+    for record in assessment.firing:
+        alert.add_metric([record.agent, record.level, record.metric], 1.0)
+    health = GaugeMetricFamily("orchestrator_agent_health_score", "health from 0 to 100 (core.health)", labels=["agent"])
+    penalty = GaugeMetricFamily("orchestrator_agent_health_penalty_points", "points the health score loses, by cause",
+                                labels=["agent", "cause"])
+    for name, h in sorted(assessment.health.items()):
+        health.add_metric([name], h.score)
+        for p in h.penalties:
+            penalty.add_metric([name, p.cause], p.points)
+    point = GaugeMetricFamily("orchestrator_agent_exhaustion_seconds",
+                              "seconds until the trend reaches the limit (memory: memory_mb.limit; fds: open_fds.limit or the "
+                              "open-files limit); absent while there is no forecast or it is not growing", labels=["agent", "resource"])
+    earliest = GaugeMetricFamily("orchestrator_agent_exhaustion_earliest_seconds",
+                                 "the earliest end of the forecast's 95% band", labels=["agent", "resource"])
+    latest = GaugeMetricFamily("orchestrator_agent_exhaustion_latest_seconds",
+                               "the latest end of the forecast's 95% band (absent: possibly never)", labels=["agent", "resource"])
+    resources = {"memory_mb": "memory", "open_fds": "fds"}
+    for (name, metric), fc in sorted(assessment.forecasts.items()):
+        labels = [name, resources[metric]]
+        if fc.seconds is not None:
+            point.add_metric(labels, fc.seconds)
+        if fc.earliest is not None:
+            earliest.add_metric(labels, fc.earliest)
+        if fc.latest is not None:
+            latest.add_metric(labels, fc.latest)
+    yield from (alert, health, penalty, point, earliest, latest)
 
 
 def _global_families(snap: Snapshot, c: Counters) -> Iterator[Metric]:
@@ -490,6 +635,7 @@ def log(line: str) -> None:
 
 
 BIND_RETRY = 5.0  # seconds between attempts to listen on an address in use
+STOP_WAIT = 1.0  # seconds the sampler may take to finish at exit (the evidence saved): an orphaned exporter must go soon
 PARENT_CHECK = 1.0  # seconds between two looks at whether supervisord, the parent, is still there
 
 
@@ -526,10 +672,16 @@ def main(argv: list[str] | None = None) -> None:
     def gone() -> bool:  # supervisord was killed: its exporter must not outlive it, holding the port
         return os.getppid() != parent
 
-    sampler = Sampler(args.state_dir, Client(args.socket, timeout=10.0), interval=args.interval, pss=args.pss, log=log)
+    client = Client(args.socket, timeout=10.0)
+
+    def report(action: LimitAction) -> None:
+        report_limit(client, action.agent, reason=action.reason, detail=action.detail, action=action.action)
+
+    sampler = Sampler(args.state_dir, client, interval=args.interval, pss=args.pss, log=log,
+                      thresholds=Thresholds(args.state_dir, report=report, log=log))
     reg = registry(sampler)
     settle()
-    sampler.start()
+    sampling_thread = sampler.start()
     serve(args.listen, reg, stop=stop, gone=gone)
     with contextlib.suppress(KeyboardInterrupt):
         while not gone() and not stop.wait(PARENT_CHECK):
@@ -537,3 +689,4 @@ def main(argv: list[str] | None = None) -> None:
     if gone():
         log("exporter: supervisord is gone; exiting")
     sampler.stop()
+    sampling_thread.join(STOP_WAIT)   # it saves the evidence and hands the notifier what it holds

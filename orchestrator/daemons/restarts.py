@@ -398,8 +398,8 @@ class Keeper:
             if restart:
                 stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
             with runtime.changing(self.state_dir) as live:
-                for dependent in waiting:
-                    live.agents[dependent] = replace(live.agent(dependent), waiting_for="")
+                for dependent in waiting:   # each comes back: counted as a restart for its dependency
+                    live.agents[dependent] = replace(live.agent(dependent).restarted("dependency"), waiting_for="")
             up = {p.group for p in self.client.processes() if p.state in UP_STATES}
             needed = {d for w in waiting for d in agents[w].depends_on} - set(waiting)
             result = Sequencer(self.client, agents, state_dir=self.state_dir, progress=say).run(

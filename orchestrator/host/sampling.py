@@ -284,3 +284,47 @@ def _add(figures: Figures, pid: int, stat_text: bytes | None, *, pss: bool, root
         figures.pss_bytes += rollup_pss * 1024
         figures.uss_bytes += private * 1024
     figures.socket_inodes.extend(inodes)
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Each core's (busy, total) clock ticks since boot, from /proc/stat; busy is all but idle and iowait.
+    Two reads give each core's busy share between them (the exporter's evidence of how busy cores are)."""
+    found: dict[int, tuple[int, int]] = {}
+    try:
+        with open(f"{PROC}/stat", "rb") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        if not line.startswith(b"cpu") or line[3:4] in (b" ", b""):
+            continue
+        name, *values = line.split()
+        ticks = [int(v) for v in values[:8]]
+        total = sum(ticks)
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        found[int(name[3:])] = (total - idle, total)
+    return found
+
+
+def light(roots: Mapping[Any, int], *, fds: frozenset[Any] | set[Any] = frozenset()) -> dict[Any, tuple[int, int | None]]:
+    """(RSS bytes, open fds) of the tree of each root, by key, at a fraction of `sample`'s cost: the process table's
+    stat files give the trees and their RSS; `fd/` is listed only for the keys in `fds`. For the exporter's limit
+    check between two samples; a root that is gone has no entry."""
+    children, stats = _table()
+    found: dict[Any, tuple[int, int | None]] = {}
+    for key, root in roots.items():
+        if root not in stats:
+            continue
+        rss, open_fds = 0, (0 if key in fds else None)
+        for pid in _members(root, children):
+            data = stats.get(pid)
+            if data is None:
+                continue
+            try:
+                rss += int(data[data.rindex(b")") + 2:].split()[21]) * _PAGE
+                if open_fds is not None:
+                    open_fds += len(os.listdir(f"{PROC}/{pid}/fd"))
+            except (OSError, ValueError, IndexError):
+                continue  # gone since the table was read
+        found[key] = (rss, open_fds)
+    return found

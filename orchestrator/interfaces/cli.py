@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -481,9 +482,10 @@ def _started(result: Any) -> None:
     click.echo(f"Started {', '.join(started)}; all ready." if started else "Already running and ready.")
 
 
-def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool) -> None:
+def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool, *, restarting: Sequence[str] = ()) -> None:
     live = _Live(options)
-    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, emit=live.progress()))
+    _started(control.start(live.state_dir, live.client, names, no_deps=no_deps, emit=live.progress(),
+                           restarting=restarting))
 
 
 def _stop(options: Options, names: tuple[str, ...] | None, no_deps: bool, yes: bool) -> list[str]:
@@ -530,7 +532,7 @@ def stop_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: b
 def restart_command(options: Options, names: tuple[str, ...], no_deps: bool, yes: bool) -> None:
     """Stop, then start agents (and, unless --no-deps, what depends on them), in order."""
     stopped = _stop(options, names, no_deps, yes)
-    _start(options, tuple(stopped), True)
+    _start(options, tuple(stopped), True, restarting=stopped)
 
 
 @cli.command("start-all")
@@ -553,8 +555,8 @@ def stop_all_command(options: Options, yes: bool) -> None:
 @click.pass_obj
 def restart_all_command(options: Options, yes: bool) -> None:
     """Stop every agent in reverse dependency order, then start them all in order."""
-    _stop(options, None, False, yes)
-    _start(options, None, False)
+    stopped = _stop(options, None, False, yes)
+    _start(options, None, False, restarting=stopped)
 
 
 @cli.command("emergency-stop")

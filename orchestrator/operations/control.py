@@ -65,13 +65,16 @@ def _select(state_dir: str, names: Iterable[str] | None, *, no_deps: bool,
 
 
 def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps: bool = False,
-          emit: Emit = ignore) -> Result:
-    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared."""
+          emit: Emit = ignore, restarting: Iterable[str] = ()) -> Result:
+    """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared.
+    `restarting`: the agents the operator's restart stopped, each counted as a restart with reason `operator`."""
     runtime.refuse_if_latched(state_dir)
     agents, chosen, _, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
+    restarted = set(restarting)
     with runtime.changing(state_dir) as live:
         for name in chosen:
-            live.agents[name] = live.agent(name).cleared()
+            history = live.agent(name).cleared()
+            live.agents[name] = history.restarted("operator") if name in restarted else history
     up = {p.group for p in client.processes() if p.state in UP_STATES}
     to_start = {n for n in wanted if n not in up}
     verify = {n for n in wanted if n in up}

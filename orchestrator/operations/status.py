@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 
+from orchestrator.core.units import MIB
 from orchestrator.core.health import HealthInputs, score
 from orchestrator.core.names import is_internal
 from orchestrator.host import probes
@@ -26,7 +27,6 @@ from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory
 
 CPU_SAMPLE = 0.25   # seconds between the two CPU readings a percentage needs
-MIB = 1024 * 1024   # memory_mb thresholds are MiB, as the exporter and the generated rules read them
 CHECK_TIMEOUT = 2.0
 
 

@@ -49,6 +49,7 @@ from orchestrator.state.files import exclusive, make_private, point, write_atomi
 
 HISTORY = "history"
 CURRENT = "current"
+SETTINGS = "settings.json"
 LOCK = "apply.lock"
 _MANIFEST_PARTS = ("orchestrator.yaml", "agents", "templates", "env")
 
@@ -224,6 +225,10 @@ class History:
             make_private(snapshot)
             agents = {a.name: to_plain(a) for a in manifests.agents}
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
+            # what the exporter needs of the settings (its notification targets, its forecast horizon), beside the agents
+            settings = {"project": manifests.settings.project, "notifications": to_plain(manifests.settings.notifications),
+                        "exporter": to_plain(manifests.settings.exporter)}
+            write_atomically(os.path.join(scratch, SETTINGS), json.dumps(settings, indent=1, sort_keys=True))
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
                     "manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir, "status": "applying"}
             write_atomically(os.path.join(scratch, "version.json"), json.dumps(meta, indent=1))
@@ -235,6 +240,16 @@ class History:
         if not os.path.islink(self.config_path):
             point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))
         return self._read(final)
+
+    def settings(self, version: Version) -> dict[str, Any]:
+        """What `record` kept of the version's settings (project, notifications, exporter); {} for a version
+        recorded before it kept them, or when the file cannot be read."""
+        try:
+            with open(os.path.join(version.path, SETTINGS), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
     def mark(self, version: Version, status: str, **details: Any) -> None:
         path = os.path.join(version.path, "version.json")

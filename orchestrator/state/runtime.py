@@ -87,8 +87,10 @@ def _history(raw: object) -> AgentHistory:
         return AgentHistory()
     known = {k: v for k, v in raw.items() if k in _HISTORY_FIELDS}
     try:
-        return AgentHistory(**{**known, "failures": tuple(known.get("failures", ()))})
-    except TypeError:
+        reasons = known.get("restart_reasons", {})
+        reasons = {str(k): int(v) for k, v in reasons.items()} if isinstance(reasons, dict) else {}
+        return AgentHistory(**{**known, "failures": tuple(known.get("failures", ())), "restart_reasons": reasons})
+    except (TypeError, ValueError):
         return AgentHistory()
 
 

@@ -4,6 +4,7 @@ answers come from a stand-in that names the tree's root pid). Every process star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -17,8 +18,11 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.core.model import Agent, Resources
+from orchestrator.core.model import Thresholds as Levels
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Exporter, Sampler, exposition, registry
+from orchestrator.daemons.thresholds import Thresholds
 from orchestrator.host import sampling
 
 # A parent that listens on a port, burns some CPU, and keeps two children (one of them multi-threaded).
@@ -153,6 +157,37 @@ def test_the_collector_describes_its_families_without_sampling(tmp_path: Path):
     assert sampler.counters.samples == 0
 
 
+def test_the_threshold_families_carry_the_names_and_labels_alert_rules_use(tmp_path: Path):
+    """The names and labels `orchestrator rules` and dashboards are written against."""
+    from orchestrator.core.forecast import Forecast
+    from orchestrator.core.health import Health, Penalty
+    from orchestrator.daemons.thresholds import Assessment
+    from orchestrator.state.alerts import AlertRecord
+
+    sampler = Sampler(str(tmp_path), Stand(os.getpid()), interval=1.0, probe=False)
+    firing = AlertRecord(key="calc/memory_mb/WARNING", agent="calc", metric="memory_mb", level="WARNING", kind="firing",
+                         value=310.0, threshold=300.0, at=0.0, summary="")
+    fc = Forecast(slope=1.0, low_slope=0.5, high_slope=2.0, level=300.0, limit=400.0, seconds=100.0, earliest=50.0,
+                  latest=200.0, samples=10, span=100.0)
+    sampler.snapshot = dataclasses.replace(sampler.snapshot, assessment=Assessment(
+        firing=(firing,), health={"calc": Health(87, (Penalty("memory", 13, ""),))}, forecasts={("calc", "memory_mb"): fc}))
+    found = {(s.name, tuple(sorted(s.labels))): s.value for m in Exporter(sampler).collect() for s in m.samples}
+    assert found[("orchestrator_agent_alert", ("agent", "level", "metric"))] == 1.0
+    assert found[("orchestrator_agent_health_score", ("agent",))] == 87
+    assert found[("orchestrator_agent_health_penalty_points", ("agent", "cause"))] == 13
+    assert found[("orchestrator_agent_exhaustion_seconds", ("agent", "resource"))] == 100.0
+    from orchestrator.core.policies import AgentHistory
+    from orchestrator.daemons.exporter import AgentSample
+
+    history = AgentHistory(restarts=3, restart_reasons={"memory_limit": 1, "operator": 1})
+    sampler.snapshot = dataclasses.replace(sampler.snapshot, agents=(AgentSample("calc", True, True, history, None),))
+    restarts = {s.labels["reason"]: s.value for m in Exporter(sampler).collect() for s in m.samples
+                if s.name == "orchestrator_agent_restarts_total"}
+    # two automatic restarts counted before reasons were kept are crashes; every reason is always there
+    assert restarts == {"crash": 2, "liveness": 0, "memory_limit": 1, "cpu_limit": 0, "fds_limit": 0, "dependency": 0,
+                        "operator": 1}
+
+
 def test_a_port_in_use_is_tried_again_not_fatal():
     from threading import Event, Thread
 
@@ -234,6 +269,46 @@ def _state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_the_light_read_gives_the_same_tree_rss_as_the_full_sample(tree):
+    deadline = time.monotonic() + 10
+    while True:   # the tree's children are still starting when the fixture hands it over: compare once it is still
+        before = sampling.sample({"calc": tree.pid}).trees["calc"]
+        rss, fds = sampling.light({"calc": tree.pid}, fds={"calc"})["calc"]
+        after = sampling.sample({"calc": tree.pid}).trees["calc"]
+        if (before.rss_bytes, before.open_fds) == (after.rss_bytes, after.open_fds) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert abs(rss - after.rss_bytes) <= 0.05 * after.rss_bytes
+    assert fds == after.open_fds
+
+
+def test_a_limit_is_checked_between_two_samples_longer_than_the_tick_and_acted_on(tree, tmp_path: Path):
+    reported = []
+    sampler = Sampler(str(tmp_path), Stand(tree.pid), interval=3600.0, probe=False, limit_tick=0.05,
+                      thresholds=Thresholds(str(tmp_path), report=reported.append, log=lambda line: None))
+    sampler.sample()
+    agent = Agent(name="calc", command=("x",), resources=Resources(memory_mb=Levels(limit=1.0), warmup=0.0))
+    declared = dataclasses.replace(sampler.snapshot, agents=tuple(a._replace(up=True, agent=agent)
+                                                                  for a in sampler.snapshot.agents))
+    samples = []
+    original = sampler.sample
+
+    def sample() -> object:   # the first sample of the loop; then the snapshot declares the limit
+        samples.append(original())
+        sampler.snapshot = declared
+        return sampler.snapshot
+
+    sampler.sample = sample  # type: ignore[method-assign]
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not reported and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sampler.stop()
+    assert [a.reason for a in reported] == ["memory_limit"] and len(samples) == 1
 
 
 def test_an_exporter_kept_from_its_port_still_ends_when_its_parent_is_gone(tmp_path: Path):

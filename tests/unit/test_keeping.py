@@ -230,6 +230,13 @@ def test_a_limit_that_stops_leaves_the_agent_stopped_until_the_operator_starts_i
     assert "orchestrator start calc" in the(Record, decision).reason
 
 
+def test_each_restart_is_counted_under_its_reason():
+    crash = keeping.decide(Ended("calc", Exit(exitstatus=1)), AgentHistory(started_at=0.0), agent(), 100.0, world=CALM).history
+    limit = keeping.decide(MEMORY, AgentHistory(started_at=0.0), agent(), 100.0, world=CALM).history
+    assert crash is not None and dict(crash.restart_reasons) == {"crash": 1} and crash.restarts == 1
+    assert limit is not None and dict(limit.restart_reasons) == {"memory_limit": 1} and limit.restarts == 1
+
+
 @pytest.mark.parametrize("action", ["restart", "stop"])
 def test_a_limit_within_the_cooldown_or_while_latched_does_nothing(action):
     acted = AgentHistory(started_at=0.0, last_action_at=90.0)

@@ -49,3 +49,16 @@ def test_changing_one_agent_writes_only_that_agents_file(tmp_path):
     runtime.update_agent(str(tmp_path), "feed", lambda h, _: AgentHistory(restarts=h.restarts + 1))
     assert runtime.load_agent(str(tmp_path), "feed").restarts == 2
     assert (tmp_path / runtime.AGENTS_DIR / "calc.json").stat().st_mtime_ns == before
+
+
+def test_restarts_by_reason_are_kept_and_a_file_written_before_them_still_reads(tmp_path):
+    history = AgentHistory(restarts=3).restarted("crash").restarted("memory_limit").restarted("crash")
+    runtime.save_agent(str(tmp_path), "calc", history)
+    assert dict(runtime.load_agent(str(tmp_path), "calc").restart_reasons) == {"crash": 2, "memory_limit": 1}
+    (tmp_path / "runtime").mkdir(exist_ok=True)
+    older = {"restarts": 4, "failures": [1.0], "given_up": False}
+    runtime.save_agent(str(tmp_path), "old", AgentHistory())
+    path = next(p for p in (tmp_path / "runtime").rglob("old*"))
+    path.write_text(json.dumps(older))
+    loaded = runtime.load_agent(str(tmp_path), "old")
+    assert loaded.restarts == 4 and dict(loaded.restart_reasons) == {}

@@ -1,0 +1,265 @@
+"""The exporter's thresholds: alerts, enforcement of limits, forecasts, health scores and the evidence `recommend` reads.
+
+Owned here: the state the exporter's sampler keeps between two samples (each
+rule's `core.alerts.RuleState`, each forecast `Window` and PREDICTED state,
+when each agent was last acted on), and carrying out what the pure decisions
+in core answer:
+
+    per agent, after each sample (and on the 1 s limit tick, memory and open files only):
+        core.alerts.evaluate(rule, value)  ->  a transition: logged, state.alerts.record, Notifier.submit
+        an EMERGENCY firing                ->  core.alerts.on_limit  ->  report(LimitAction): the restart keeper acts
+        core.forecast.Window.add / forecast / predicted  ->  PREDICTED, recorded and sent like the others
+        core.health.score                  ->  the score and penalties the exporter exports
+        state.evidence.observe             ->  saved every EVIDENCE_SAVE seconds (atomically), read by `recommend`
+
+Figures, as `status` gives them: memory in MiB (the tree's RSS / 2^20, the unit of resources.memory_mb),
+CPU in percent of one core, open file descriptors of the tree. An agent's value is
+the highest of its processes' (thresholds are per process). Times are wall-clock
+seconds (the alert history's). The alerts this module owns are those keyed
+agent/metric/level; the keeper's exit alerts are never touched.
+
+Called by the exporter's sampler (daemons.exporter).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from orchestrator.core import alerts as rules_
+from orchestrator.core.forecast import Forecast, Predicted, Window, forecast, predicted
+from orchestrator.core.health import Health, HealthInputs, score
+from orchestrator.core.model import Agent, Notification
+from orchestrator.host.sampling import core_ticks
+from orchestrator.state import alerts as history
+from orchestrator.state import evidence as evidence_
+from orchestrator.state.alerts import AlertRecord
+
+EVIDENCE_SAVE = 60.0     # seconds between two saves of the evidence (a restart of the exporter loses at most this)
+FORECASTS = (("memory_mb", "memory"), ("open_fds", "fds"))   # metric, the resource it is exported as
+WINDOW_SAMPLES = 120     # a window spans about two horizons at most (see _window)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One agent's figures in one sample: the highest of its processes'; None where not measured."""
+
+    name: str
+    agent: Agent | None
+    up: bool
+    started_at: float | None          # wall-clock start of its newest running process (warmup counts from it)
+    run: float | None = None          # names that start (start time and pid): a new one empties its forecast windows
+    cpu_percent: float | None = None
+    memory_mb: float | None = None
+    open_fds: float | None = None
+    fd_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the exporter exports of thresholds: alerts firing, health, forecasts (by agent and resource)."""
+
+    firing: tuple[AlertRecord, ...] = ()
+    health: Mapping[str, Health] = field(default_factory=dict)
+    forecasts: Mapping[tuple[str, str], Forecast] = field(default_factory=dict)
+
+
+def _window(horizon: float) -> Window:
+    # one sample a minute for an hour's horizon; proportionally more often for a shorter one
+    return Window(max_samples=WINDOW_SAMPLES, min_interval=min(60.0, horizon / 60.0), max_age=max(6 * 3600.0, 2 * horizon))
+
+
+class Thresholds:
+    """The alert, forecast and evidence state of every agent; `assess` is called after each sample."""
+
+    def __init__(self, state_dir: str, *, report: Callable[[rules_.LimitAction], None],
+                 log: Callable[[str], None], notify: Callable[[AlertRecord], None] = lambda alert: None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.state_dir, self.report, self.log, self.notify, self.wall = state_dir, report, log, notify, wall
+        self.horizon = 3600.0
+        self.states: dict[str, rules_.RuleState] = {}
+        self.windows: dict[tuple[str, str], Window] = {}
+        self.predicted: dict[tuple[str, str], Predicted] = {}
+        self.forecasts: dict[tuple[str, str], Forecast] = {}
+        self.last_action: dict[str, float] = {}
+        self.firing: dict[str, AlertRecord] = {}
+        for record in history.active(state_dir):   # alerts left firing by the previous exporter resolve like any other
+            if record.metric in rules_.METRICS:
+                self.firing[record.key] = record
+                if record.level != "PREDICTED":
+                    self.states[record.key] = rules_.RuleState(firing_since=record.at, value=record.value)
+                else:
+                    metric = record.metric
+                    self.predicted[(record.agent, metric)] = Predicted(True, record.at, None)
+        self.evidence = evidence_.load(state_dir)
+        self.saved_at = wall()
+        self._cores: dict[int, tuple[int, int]] = {}
+
+    # --- alerts -----------------------------------------------------------------------------------------------
+
+    def check(self, observed: Sequence[Observed], *, metrics: Sequence[str] = rules_.METRICS) -> None:
+        """Evaluate the rules of `metrics` for each agent; a transition is recorded, logged and sent; a limit acted on."""
+        now = self.wall()
+        for o in observed:
+            if o.agent is None:
+                continue
+            resources = o.agent.resources
+            warming = o.started_at is not None and now - o.started_at < resources.warmup
+            for rule in rules_.rules_for(o.name, resources):
+                if rule.metric not in metrics:
+                    continue
+                value = getattr(o, rule.metric) if o.up else None
+                state, transition = rules_.evaluate(rule, self.states.get(rule.key, rules_.RuleState()), value, now,
+                                                    warming_up=warming)
+                self.states[rule.key] = state
+                if transition is None:
+                    continue
+                self._record(AlertRecord.of(transition))
+                action = rules_.on_limit(transition, resources.on_limit,  # type: ignore[arg-type]
+                                         self.last_action.get(o.name), resources.cooldown)
+                if action is not None:
+                    self.last_action[o.name] = now
+                    self.log(f"exporter: {o.name}: {action.reason}: asking the restart keeper to {action.action} it")
+                    try:
+                        self.report(action)
+                    except Exception as exc:  # noqa: BLE001 - supervisord not answering must not end the sampler
+                        self.log(f"exporter: {o.name}: cannot report {action.reason}: {type(exc).__name__}: {exc}")
+                    if action.reason == "memory_limit":
+                        self.evidence.limit_restart(o.name, now)
+
+    def _record(self, record: AlertRecord) -> None:
+        self.log(f"exporter: alert {record.summary}")
+        if record.kind == "firing":
+            self.firing[record.key] = record
+        else:
+            self.firing.pop(record.key, None)
+        try:
+            history.record(self.state_dir, record)
+        except OSError as exc:
+            self.log(f"exporter: cannot record the alert {record.key}: {exc}")
+        self.notify(record)
+
+    def _forget(self, declared: Mapping[str, Agent]) -> None:
+        """Alerts of an agent or a threshold the live version no longer has resolve (nobody else would)."""
+        keys = {r.key for name, agent in declared.items() for r in rules_.rules_for(name, agent.resources)}
+        now = self.wall()
+        for key, record in list(self.firing.items()):
+            if record.level == "PREDICTED":
+                if record.agent in declared:
+                    continue
+            elif key in keys:
+                continue
+            self._record(AlertRecord(key=key, agent=record.agent, metric=record.metric, level=record.level,
+                                     kind="resolved", value=record.value, threshold=record.threshold, at=now,
+                                     summary=f"{record.agent} {record.level} resolved: {record.metric} no longer watched"))
+            self.states.pop(key, None)
+
+    # --- forecasts --------------------------------------------------------------------------------------------
+
+    def _forecast(self, o: Observed, now: float) -> None:
+        if o.agent is None:
+            return
+        resources = o.agent.resources
+        for metric, _ in FORECASTS:
+            key = (o.name, metric)
+            limit = resources.memory_mb.limit if metric == "memory_mb" else (resources.open_fds.limit or o.fd_limit)
+            value = getattr(o, metric)
+            if limit is None or limit <= 0:   # no limit (any more): no forecast, and no PREDICTED left firing
+                self.windows.pop(key, None)
+                self.forecasts.pop(key, None)
+                if self.predicted.pop(key, Predicted()).firing:
+                    self._record(AlertRecord(key=f"{o.name}/{metric}/PREDICTED", agent=o.name, metric=metric,
+                                             level="PREDICTED", kind="resolved", value=value or 0.0, threshold=0.0,
+                                             at=now, summary=f"{o.name} PREDICTED resolved: {metric} has no limit"))
+                continue
+            if o.up and value is not None:
+                self.windows[key] = self.windows.get(key, _window(self.horizon)).add(now, value, o.run)
+            window = self.windows.get(key)
+            fc = forecast(window, float(limit), self.horizon, now) if window is not None and o.up else None
+            if fc is None:
+                self.forecasts.pop(key, None)
+            else:
+                self.forecasts[key] = fc
+            if value is None or not o.up:
+                continue
+            before = self.predicted.get(key, Predicted())
+            firing, after = predicted(before, fc, (float(limit) - value) / float(limit), now, horizon=self.horizon)
+            self.predicted[key] = after
+            if firing != before.firing:
+                rule = f"{o.name}/{metric}/PREDICTED"
+                if firing:
+                    summary = (f"{o.name} PREDICTED firing: {metric} {value:g} reaches its limit {limit:g} in about "
+                               f"{fc.seconds if fc and fc.seconds is not None else 0:.0f}s (horizon {self.horizon:g}s)")
+                else:
+                    summary = f"{o.name} PREDICTED resolved: {metric} {value:g} no longer reaches {limit:g} within the horizon"
+                self._record(AlertRecord(key=rule, agent=o.name, metric=metric, level="PREDICTED",
+                                         kind="firing" if firing else "resolved", value=value, threshold=float(limit),
+                                         at=now, summary=summary))
+
+    # --- the whole assessment ---------------------------------------------------------------------------------
+
+    def assess(self, observed: Sequence[Observed], declared: Mapping[str, Agent], *,
+               ready: Mapping[str, bool], histories: Mapping[str, object],
+               uptimes: Mapping[str, float]) -> Assessment:
+        """After a full sample: every rule, the forecasts, the evidence, and the health of every agent."""
+        self.check(observed)
+        now = self.wall()
+        for o in observed:
+            self._forecast(o, now)
+            if o.agent is not None and o.up:
+                self.evidence.observe(o.name, now, memory_mb_peak=o.memory_mb, cpu_percent=o.cpu_percent)
+        self._forget(declared)
+        names = {o.name for o in observed}
+        for key in [k for k in self.windows if k[0] not in names]:
+            self.windows.pop(key, None)
+            self.forecasts.pop(key, None)
+            self.predicted.pop(key, None)
+        self._observe_cores(now)
+        self.evidence.keep_only(declared)
+        if now - self.saved_at >= EVIDENCE_SAVE:
+            self.save()
+        health = {o.name: self._health(o, ready.get(o.name, False), histories.get(o.name), uptimes.get(o.name))
+                  for o in observed if o.agent is not None}
+        return Assessment(firing=tuple(sorted(self.firing.values(), key=lambda r: r.key)), health=health,
+                          forecasts=dict(self.forecasts))
+
+    def _observe_cores(self, now: float) -> None:
+        ticks = core_ticks()
+        busy = {core: 100.0 * (b - self._cores[core][0]) / (t - self._cores[core][1])
+                for core, (b, t) in ticks.items() if core in self._cores and t > self._cores[core][1]}
+        self._cores = ticks
+        if busy:
+            self.evidence.observe_cores(busy, now)
+
+    def save(self) -> None:
+        self.saved_at = self.wall()
+        try:
+            evidence_.save(self.state_dir, self.evidence)
+        except OSError as exc:
+            self.log(f"exporter: cannot save the evidence: {exc}")
+
+    def _health(self, o: Observed, ready: bool, agent_history: object, uptime: float | None) -> Health:
+        if o.agent is None:
+            return Health(0)
+        resources, policy = o.agent.resources, o.agent.restart
+        failures = getattr(agent_history, "failures", ())
+        given_up = bool(getattr(agent_history, "given_up", False))
+        levels = tuple(r.level for r in self.firing.values() if r.agent == o.name)
+        return score(HealthInputs(up=o.up, ready=ready and o.up, given_up=given_up,
+                                  reason=str(getattr(agent_history, "reason", "") or ("" if o.up else "not running")),
+                                  restarts_in_window=len(failures), max_attempts=policy.max_attempts,
+                                  cpu_percent=o.cpu_percent, cpu=resources.cpu_percent,
+                                  memory_mb=o.memory_mb, memory=resources.memory_mb,
+                                  open_fds=None if o.open_fds is None else int(o.open_fds), fd_limit=resources.open_files,
+                                  alerts=levels, uptime=uptime if o.up else None, reset_after=policy.reset_after))
+
+
+def notifier_targets(settings: Mapping[str, object]) -> tuple[str, tuple[Notification, ...]]:
+    """The project and notification targets of a version's kept settings (state.history.settings)."""
+    items = settings.get("notifications") or ()
+    targets = []
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict):
+            targets.append(Notification(**{**item, "command": tuple(item.get("command", ()))}))
+    return str(settings.get("project", "orchestrator")), tuple(targets)

@@ -20,8 +20,8 @@ from tests.integration.conftest import free_ports, wait_until
 pytestmark = pytest.mark.integration
 
 # Grows by 1 MB every 0.1 s (10 MB/s) in the process that leaks: itself, or (with --child) a child process, so the
-# memory belongs to the tree, not to the agent's own process. It logs, with its own clock, the tree's RSS in MB
-# (10^6 bytes, as the exporter counts) at each step, and when SIGTERM reaches it. Once it has been stopped (a marker
+# memory belongs to the tree, not to the agent's own process. It logs, with its own clock, the tree's RSS in MiB
+# (as the exporter counts memory_mb) at each step, and when SIGTERM reaches it. Once it has been stopped (a marker
 # file), a new start stays idle: the test sees one enforcement, not a sawtooth.
 LEAKER = r'''
 import os, signal, subprocess, sys, time
@@ -35,7 +35,7 @@ def rss(pid):
     with open(f"/proc/{pid}/status") as handle:
         for line in handle:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
+                return int(line.split()[1]) / 1024  # kB -> MiB
     return 0.0
 
 def ended(*_):

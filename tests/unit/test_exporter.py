@@ -250,17 +250,26 @@ def test_the_exporter_serves_its_metrics_and_ends_when_its_parent_is_gone(tmp_pa
             assert time.monotonic() < deadline, "the exporter never answered"
             time.sleep(0.1)
         assert "orchestrator_supervisord_up 0.0" in text
-        parent.kill()
-        parent.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while os.path.exists(f"/proc/{exporter}") and "Z" not in _state(exporter):
-            assert time.monotonic() < deadline, "the exporter outlived its parent"
-            time.sleep(0.1)
+        _ends_with(parent, exporter, within=10)
     finally:
-        parent.kill()
-        parent.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(exporter, signal.SIGKILL)
+        _stop(parent, exporter)
+
+
+def _ends_with(parent: subprocess.Popen[str], exporter: int, *, within: float) -> None:
+    """Kill the exporter's parent; the exporter must end (or be a zombie) within `within` seconds."""
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + within
+    while os.path.exists(f"/proc/{exporter}") and "Z" not in _state(exporter):
+        assert time.monotonic() < deadline, "the exporter outlived its parent"
+        time.sleep(0.1)
+
+
+def _stop(parent: subprocess.Popen[str], exporter: int) -> None:
+    parent.kill()
+    parent.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(exporter, signal.SIGKILL)
 
 
 def _state(pid: int) -> str:
@@ -329,14 +338,6 @@ def test_an_exporter_kept_from_its_port_still_ends_when_its_parent_is_gone(tmp_p
             while "cannot listen" not in (said.read_text() if said.exists() else ""):
                 assert time.monotonic() < deadline, "the exporter never tried its port"
                 time.sleep(0.05)
-            parent.kill()
-            parent.wait(timeout=10)
-            deadline = time.monotonic() + 15  # one BIND_RETRY (5 s) at most, with room for a busy machine
-            while os.path.exists(f"/proc/{exporter}") and "Z" not in _state(exporter):
-                assert time.monotonic() < deadline, "the exporter outlived its parent while kept from its port"
-                time.sleep(0.1)
+            _ends_with(parent, exporter, within=15)  # one BIND_RETRY (5 s) at most, with room for a busy machine
         finally:
-            parent.kill()
-            parent.wait(timeout=10)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(exporter, signal.SIGKILL)
+            _stop(parent, exporter)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Literal
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 Severity = Literal["error", "warning"]
 
@@ -125,6 +125,13 @@ def unknown_agents(names: Iterable[str], known: Iterable[str]) -> OrchestratorEr
     unknown = list(names)
     return OrchestratorError(f"unknown agent{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)} "
                              f"(known: {', '.join(sorted(known)) or 'none'})")
+
+
+def require_known(names: Iterable[str], known: Collection[str]) -> None:
+    """Raise `unknown_agents` for the names that are not among `known`."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise unknown_agents(unknown, known)
 
 
 def not_running_message(state_dir: str) -> str:

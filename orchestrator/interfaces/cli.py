@@ -40,7 +40,7 @@ from orchestrator.state import runtime
 from orchestrator.supervisord import render
 from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, client_for, compute
 from orchestrator.supervisord.client import Client
-from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, unknown_agents
+from orchestrator.core.errors import Diagnostic, ManifestError, OrchestratorError, display_path, require_known
 from orchestrator.state import alerts as alert_history, evidence, samples
 from orchestrator.state.files import write_tree
 from orchestrator.state.history import History, read_pointer
@@ -422,9 +422,7 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     state_dir = options.state_dir_only()
     current = History(state_dir).current()
     agents = dict(current.agents) if current else {}
-    unknown = [n for n in names if n not in agents]
-    if unknown:
-        raise unknown_agents(unknown, agents)
+    require_known(names, agents)
     client = Client(lifecycle.socket_of(state_dir))
     lifecycle.require_running(state_dir, client, shown_as=display_path(state_dir))
     live = runtime.load(state_dir)
@@ -640,9 +638,7 @@ def recommend_command(options: Options, output: str, min_history: str, names: tu
     state_dir = options.state_dir_only()
     current = History(state_dir).current()
     agents = dict(current.agents) if current else {}
-    unknown = [n for n in names if n not in agents]
-    if unknown:
-        raise unknown_agents(unknown, agents)
+    require_known(names, agents)
     store, now = evidence.load(state_dir), time.time()
     found, quiet = [], []
     for name in names or sorted(agents):

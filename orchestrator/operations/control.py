@@ -26,7 +26,7 @@ from orchestrator.operations.apply import mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.core.processes import UP_STATES
 from orchestrator.supervisord.client import Client, SupervisorError
-from orchestrator.core.errors import OrchestratorError, unknown_agents
+from orchestrator.core.errors import OrchestratorError, require_known
 from orchestrator.core.graph import Graph
 from orchestrator.state.history import History
 from orchestrator.core.model import Agent
@@ -45,9 +45,7 @@ def _live(state_dir: str) -> Mapping[str, Agent]:
 
 def _check(names: Iterable[str], agents: Mapping[str, Agent]) -> list[str]:
     names = list(names)
-    unknown = [n for n in names if n not in agents]
-    if unknown:
-        raise unknown_agents(unknown, agents)
+    require_known(names, agents)
     return names
 
 

@@ -80,11 +80,27 @@ def crasher(project: Project, name: str, *, restart: str, extra: str = "", flag:
     return log
 
 
-def stamps(log: Path, what: str) -> list[float]:
-    """The times the crasher logged for `what` (start or exit)."""
+def logged(log: Path, what: str) -> list[tuple[float, str]]:
+    """(time, value) of each `WHAT TIME VALUE` line a test script logged, in order (the value is a pid, or a figure).
+
+    Only whole lines count: a line still being appended, or one whose `$(date)` was cut short because a stop signalled
+    the script's process group (so `date` died and the time is missing), is skipped rather than misread."""
     if not log.exists():
         return []
-    return [float(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(what + " ")]
+    rows = []
+    for line in log.read_text().split("\n")[:-1]:  # the part after the last newline is not a whole line yet
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == what:
+            try:
+                rows.append((float(fields[1]), fields[2]))
+            except ValueError:
+                continue
+    return rows
+
+
+def stamps(log: Path, what: str) -> list[float]:
+    """The times the crasher logged for `what` (start or exit)."""
+    return [when for when, _ in logged(log, what)]
 
 
 def gaps(log: Path, *, after: float = 0.0) -> list[float]:

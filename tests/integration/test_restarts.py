@@ -13,7 +13,7 @@ import pytest
 from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.operations.apply import client_for
 from orchestrator.operations.sequencer import report_limit
-from tests.integration.conftest import crasher, free_ports, gaps, stamps, wait_until, within
+from tests.integration.conftest import crasher, free_ports, gaps, logged, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_stable_uptime_past_reset_after_makes_the_next_restart_use_the_first_del
 STUBBORN = """#!/bin/sh
 trap 'echo "term $(date +%s.%N) $$" >> "$1"' TERM
 echo "start $(date +%s.%N) $$" >> "$1"
-while true; do echo "alive $(date +%s.%N) $$" >> "$1"; sleep 0.1; done
+while true; do now=$(date +%s.%N) && echo "alive $now $$" >> "$1"; sleep 0.1; done
 """
 STOP_TIMEOUT = 6.0
 
@@ -122,17 +122,16 @@ def test_a_stop_that_waits_never_delays_another_agents_pending_restart(project, 
     assert stamps(stubborn_log, "start"), up.stdout + up.stderr
     if why == "dependency":
         flag.unlink()
-        os.kill(int(feed_log.read_text().split()[2]), signal.SIGKILL)  # feed's pid, as it logged it: it fails once, given up
+        os.kill(int(logged(feed_log, "start")[0][1]), signal.SIGKILL)  # feed's pid, as it logged it: it fails once, given up
         wait_until(lambda: project.runtime("feed").get("given_up"), 20, message="feed to be given up")
     wait_until(lambda: stamps(stubborn_log, "term"), 20, message="the keeper to stop the stubborn agent")
     term = stamps(stubborn_log, "term")[0]
-    first = stubborn_log.read_text().split()[2]  # the pid of its first run
+    first = logged(stubborn_log, "start")[0][1]  # the pid of its first run
 
     def heartbeats() -> list[float]:
-        return [float(line.split()[1]) for line in stubborn_log.read_text().splitlines()
-                if line.startswith("alive ") and line.split()[2] == first]
+        return [when for when, pid in logged(stubborn_log, "alive") if pid == first]
 
-    wait_until(lambda: heartbeats()[-1] < time.time() - 1.0, 30, message="the stubborn agent to be killed")
+    wait_until(lambda: (beats := heartbeats()) and beats[-1] < time.time() - 1.0, 30, message="the stubborn agent to be killed")
     killed = heartbeats()[-1]
     listener_log = (project.state / "logs" / "_orchestrator.log").read_text()
     assert killed - term >= STOP_TIMEOUT - 1.5, f"the stop did not wait: TERM at {term}, last heartbeat {killed}"

@@ -11,11 +11,10 @@ import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_ports, wait_until
+from tests.integration.conftest import free_ports, logged, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -112,12 +111,6 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
         thread.join(5)
 
 
-def _lines(log: Path, what: str) -> list[list[str]]:
-    if not log.exists():
-        return []
-    return [line.split()[1:] for line in log.read_text().splitlines() if line.startswith(what + " ")]
-
-
 def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The scrape's samples: (name, sorted labels) -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310 - loopback
@@ -171,14 +164,14 @@ def test_a_leaking_agent_warns_predicts_goes_critical_and_is_restarted_at_its_li
                     seen[agent].add(dict(labels)["level"])
         exhaustion.extend(_series(metrics, "orchestrator_agent_exhaustion_seconds", agent="leak", resource="memory"))
         health.extend(_series(metrics, "orchestrator_agent_health_score", agent="leak"))
-        return all(len(_lines(logs[a], "start")) >= 2 for a in ("leak", "heap"))
+        return all(len(logged(logs[a], "start")) >= 2 for a in ("leak", "heap"))
 
     wait_until(acted_on, 90, interval=0.2, message="both leaking agents restarted at their limit")
 
     for agent in ("leak", "heap"):
         # enforced within `for` + 1 s of the tree reaching its limit, by the agent's own clock
-        crossed = min(float(t) for t, mb in _lines(logs[agent], "rss") if float(mb) >= LIMIT)
-        termed = min(float(t) for t, _ in _lines(logs[agent], "term"))
+        crossed = min(t for t, mb in logged(logs[agent], "rss") if float(mb) >= LIMIT)
+        termed = min(t for t, _ in logged(logs[agent], "term"))
         assert crossed < termed <= crossed + FOR + 1.0, (agent, termed - crossed)
         # the alerts, in the order they fired, in `alerts`
         recent = json.loads(project.run("alerts", "--output", "json", check=True).stdout)["recent"]
@@ -210,6 +203,6 @@ def test_a_leaking_agent_warns_predicts_goes_critical_and_is_restarted_at_its_li
     body = next(b for b in received if b["agent"] == "leak" and b["level"] == "EMERGENCY")
     assert body["project"] == "test" and body["kind"] == "firing" and body["metric"] == "memory_mb"
     # the spike, 150 MB for half a second against a warning at 100 for 3 s, raised nothing
-    assert max(float(mb) for _, mb in _lines(logs["spike"], "rss")) >= 100
+    assert max(float(mb) for _, mb in logged(logs["spike"], "rss")) >= 100
     assert not [a for a in recent if a["agent"] == "spike"]
     assert not [b for b in received if b["agent"] == "spike"]

@@ -61,7 +61,7 @@ from orchestrator.daemons.notify import Notifier
 from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds, notifier_targets
 from orchestrator.host import probes, sampling
 from orchestrator.operations.sequencer import report_limit
-from orchestrator.state import runtime
+from orchestrator.state import runtime, samples
 from orchestrator.state.history import History, Version
 from orchestrator.supervisord.client import Client
 
@@ -225,11 +225,23 @@ class Sampler:
             snapshot = self.snapshot
         else:
             self.snapshot = snapshot
+            self._share(snapshot)
         with self.counters.lock:
             self.counters.samples += 1
             self.counters.sample_seconds = time.perf_counter() - started
             self.counters.sample_cpu_seconds = time.process_time() - cpu
         return snapshot
+
+    def _share(self, snapshot: Snapshot) -> None:
+        """The CPU % and RSS of every running tree, by pid, for `status` to read instead of sampling (state.samples)."""
+        figures = {p.pid: (None if p.cpu_ratio is None else round(p.cpu_ratio * 100, 1), p.figures.rss_bytes)
+                   for p in snapshot.processes if p.pid and p.figures is not None}
+        try:
+            samples.write(self.state_dir, snapshot.taken, self.interval, figures)
+        except OSError as exc:   # status then samples on its own; the metrics are unaffected
+            self.log(f"exporter: cannot share the sample with status: {exc}")
+            with self.counters.lock:
+                self.counters.errors += 1
 
     def _take(self) -> Snapshot:
         try:

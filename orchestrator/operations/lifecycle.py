@@ -36,9 +36,9 @@ SHUTDOWN_TIMEOUT = 60.0
 
 def socket_of(state_dir: str) -> str:
     """The supervisord socket the live version configures (default: STATE/supervisor.sock)."""
-    current = History(state_dir).current()
-    if current is not None:
-        match = re.search(r"^file=(.+)$", current.main, re.MULTILINE)
+    main = History(state_dir).current_main()
+    if main is not None:
+        match = re.search(r"^file=(.+)$", main, re.MULTILINE)
         if match:
             return match.group(1).replace("%%", "%")
     return os.path.join(state_dir, "supervisor.sock")

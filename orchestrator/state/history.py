@@ -175,6 +175,17 @@ class History:
         self._live = (target, version)
         return version
 
+    def current_main(self) -> str | None:
+        """The live version's main supervisord configuration alone (None without a live version): what finding
+        supervisord's socket needs, without reading every program of the version."""
+        try:
+            with open(os.path.join(self.state_dir, CURRENT, MAIN_CONFIG), encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read the live version's {MAIN_CONFIG}: {exc}") from exc
+
     def get(self, number: int) -> Version:
         path = os.path.join(self.root, f"{number:04d}")
         if not os.path.isdir(path):

@@ -13,6 +13,7 @@ down). A client is safe to share between threads: calls are serialized.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import threading
 import xmlrpc.client
@@ -158,8 +159,18 @@ class Client:
         self._call("supervisor.signalProcessGroup", name, signal)
 
     def processes(self) -> list[ProcessInfo]:
-        """Every process supervisord knows. Costs O(N^2) in supervisord: not for tight loops at scale."""
-        return [ProcessInfo.from_rpc(info) for info in self._call("supervisor.getAllProcessInfo")]
+        """Every process supervisord knows, in getAllProcessInfo's order (without its descriptions, with
+        orchestrator's extension: its compact reply costs supervisord a tenth of the loop passes).
+
+        Still O(N^2) in supervisord: not for tight loops at scale."""
+        try:
+            rows = json.loads(self._call("orchestrator.getAllProcessStates"))
+        except SupervisorError as exc:
+            if exc.fault != Faults.UNKNOWN_METHOD:
+                raise
+            return [ProcessInfo.from_rpc(info) for info in self._call("supervisor.getAllProcessInfo")]
+        return [ProcessInfo(name, group, state, pid, start, now, exitstatus, spawnerr, "")
+                for name, group, state, pid, start, now, exitstatus, spawnerr in rows]
 
     def process(self, full_name: str) -> ProcessInfo:
         """One process, by `group:name`."""

@@ -21,8 +21,10 @@ Only supervisord imports this module.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import time
 from typing import Any
 
 from supervisor import events
@@ -107,6 +109,24 @@ class OrchestratorNamespace:
         SupervisorNamespaceRPCInterface(self.supervisord).startProcess(name, False)
         self.carried_out[name] = token
         return True
+
+    def getAllProcessStates(self) -> str:  # noqa: N802 - supervisord's RPC naming
+        """Every process as getAllProcessInfo describes it, minus its log paths and description, in one JSON string:
+        [[name, group, statename, pid, start, now, exitstatus, spawnerr], ...].
+
+        supervisord sends a reply 4 KiB per pass of its loop, and each pass polls every process's pipes: at 500
+        programs getAllProcessInfo's 300 KB of XML takes some 75 passes. This reply is a tenth of its size."""
+        from supervisor.states import getProcessStateDescription
+
+        now = int(time.time())
+        rows = []
+        for group_name in sorted(self.supervisord.process_groups):
+            group = self.supervisord.process_groups[group_name]
+            for name in sorted(group.processes):
+                process = group.processes[name]
+                rows.append([name, group_name, getProcessStateDescription(process.get_state()), process.pid,
+                             int(process.laststart), now, process.exitstatus or 0, process.spawnerr or ""])
+        return json.dumps(rows, separators=(",", ":"))
 
     def ping(self) -> bool:
         """True: orchestrator's extension is loaded in this supervisord."""

@@ -119,3 +119,61 @@ def test_status_reads_the_exporters_latest_sample_when_it_is_fresh_and_samples_i
     samples.write(str(project.state), time.time() - 60, 5.0, {pid: (42.5, 123_456_789)})  # stale: 60 s > 2 x 5 s
     row = json.loads(project.run("status", "--output", "json").stdout)[0]
     assert row["memory_rss_bytes"] != 123_456_789 and row["memory_rss_bytes"] > 0  # measured by status itself
+
+
+def test_the_running_exporter_shares_each_sample_and_status_shows_its_figures(project):
+    """Regression: status could read the exporter's sample, but the exporter never wrote one, so status sampled
+    every tree itself (0.25 s and a /proc walk per agent) even with the exporter running."""
+    import time
+
+    from orchestrator.state import samples
+
+    settings = project.manifests / "orchestrator.yaml"   # the project's exporter, on its own port, sampling every 1 s
+    settings.write_text(settings.read_text().replace("}", ", interval: 1s}"))
+    project.toy("feed", free_ports(1)[0])
+    project.run("up", check=True)
+    pid = project.pids()["feed"]
+
+    def shared() -> tuple[float | None, int | None] | None:
+        figures = samples.read(str(project.state), time.time())
+        return figures.get(pid) if figures else None
+
+    wait_until(lambda: (got := shared()) and got[0] is not None and got[1], 20, message="the exporter's sample of feed")
+
+    def status_shows_the_sample() -> bool:
+        before = shared()
+        row = json.loads(project.run("status", "--output", "json").stdout)[0]
+        return before == shared() and (row["cpu_percent"], row["memory_rss_bytes"]) == tuple(before)
+
+    wait_until(status_shows_the_sample, 20, message="status to show the exporter's figures")
+
+
+def test_the_compact_process_list_says_what_getallprocessinfo_says_in_every_state(project):
+    """processes() asks orchestrator's extension for a compact list (a tenth of getAllProcessInfo's reply, which
+    supervisord sends 4 KiB per pass of its loop); it must agree with supervisord's own answer, field by field,
+    for running, stopped and crash-looping agents, in the same order."""
+    from dataclasses import replace
+
+    from orchestrator.core.processes import ProcessInfo
+    from orchestrator.operations.apply import client_for
+    from orchestrator.config.manifest import LoadOptions, load
+    from tests.integration.conftest import crasher
+
+    first, second = free_ports(2)
+    project.toy("feed", first)
+    project.toy("calc", second, depends_on=["feed"])
+    crasher(project, "crasher", restart="{policy: delayed, delay: 5s, max_attempts: 10}", extra="min_uptime: 0s\n")
+    project.run("up")  # the crasher makes it fail or pass
+    project.run("stop", "calc", "--yes", check=True)
+    client = client_for(load(LoadOptions(str(project.manifests))))
+    wait_until(lambda: any(p.state in ("EXITED", "BACKOFF") for p in client.processes() if p.group == "crasher"), 15,
+               message="the crasher to exit")
+
+    def agree() -> bool:
+        compact = client.processes()
+        full = [ProcessInfo.from_rpc(info) for info in client._call("supervisor.getAllProcessInfo")]  # noqa: SLF001
+        return [replace(p, description="") for p in full] == compact
+
+    wait_until(agree, 10, message="the compact list to agree with getAllProcessInfo")  # `now` may tick between them
+    states = {p.group: p.state for p in client.processes()}
+    assert states["feed"] == "RUNNING" and states["calc"] == "STOPPED" and states["crasher"] in ("EXITED", "BACKOFF", "STARTING")

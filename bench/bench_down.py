@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
 from bench.common import check, stop_everything, stop_supervisord, sweep_marked, terminate_as_interrupt, up_argv  # noqa: E402
 from orchestrator.host import orphans  # noqa: E402
-from orchestrator.operations.lifecycle import socket_of  # noqa: E402
+from orchestrator.operations.reach import socket_of  # noqa: E402
 
 AGENTS, RUNS, GOAL = 300, 3, 15.0
 SLEEP = "/bin/sleep"

@@ -65,11 +65,12 @@ def checked_rows(out: str) -> list[dict[str, object]]:
 
 
 def wait_for_sample(state_dir: str, pids: set[int], timeout: float = 120) -> None:
-    """Until the exporter's latest sample is fresh and names every agent's pid."""
+    """Until the exporter's latest sample is fresh and has the CPU and memory of every agent's pid (a CPU
+    percentage needs two samples of the same pid)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         figures = samples.read(state_dir, time.time())
-        if figures is not None and pids <= set(figures):
+        if figures is not None and all(None not in figures.get(pid, (None, None)) for pid in pids):
             return
         time.sleep(0.2)
     raise SystemExit("the exporter's sample never covered every agent")

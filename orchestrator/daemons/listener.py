@@ -42,6 +42,7 @@ from orchestrator.state.files import write_atomically
 from orchestrator.state.history import LISTENER_READY, History, take_claim
 from orchestrator.daemons.monitor import LivenessMonitor
 from orchestrator.daemons.restarts import Keeper
+from orchestrator.operations.reach import socket_of
 from orchestrator.operations.sequencer import Event, Sequencer
 
 
@@ -112,8 +113,6 @@ def main(argv: list[str] | None = None, *, stdin: TextIO = sys.stdin, stdout: Te
     args = parser.parse_args(argv)
     state_dir = os.path.abspath(args.state_dir)
     os.umask(0o077)  # its runtime files are private, whatever supervisord's umask
-    from orchestrator.operations.lifecycle import socket_of  # here: lifecycle pulls in apply, which the shell itself does not need
-
     socket_path = socket_of(state_dir)
     supervisord_pid = os.getppid()
     keeper = Keeper(state_dir, Client(socket_path), log=log, supervisord_pid=supervisord_pid)

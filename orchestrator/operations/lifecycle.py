@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import sys
 import time
@@ -26,42 +25,13 @@ from orchestrator.core.plan import Plan
 from orchestrator.operations.apply import ApplyReport, Confirm, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.supervisord.client import Client, SupervisorError
-from orchestrator.core.errors import StateError, not_running_message
+from orchestrator.core.errors import StateError
+from orchestrator.operations.reach import refuse_if_hung, socket_of
 from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
 from orchestrator.core.model import ManifestSet
 
 START_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 60.0
-
-
-def socket_of(state_dir: str) -> str:
-    """The supervisord socket the live version configures (default: STATE/supervisor.sock)."""
-    main = History(state_dir).current_main()
-    if main is not None:
-        match = re.search(r"^file=(.+)$", main, re.MULTILINE)
-        if match:
-            return match.group(1).replace("%%", "%")
-    return os.path.join(state_dir, "supervisor.sock")
-
-
-def refuse_if_hung(state_dir: str, client: Client) -> None:
-    """supervisord's pid file names a live supervisord that does not answer: touching its children would be wrong."""
-    try:
-        with open(os.path.join(state_dir, "supervisord.pid"), encoding="utf-8") as handle:
-            pid = int(handle.read().strip())
-    except (OSError, ValueError):
-        return
-    if processes.is_running_command(pid, "supervisord"):
-        raise StateError(f"supervisord (pid {pid}) is running but does not answer on {client.socket_path} (hung); "
-                         f"see its log in logs/supervisord.log, then stop it (kill {pid}) and retry")
-
-
-def require_running(state_dir: str, client: Client, *, shown_as: str = "") -> None:
-    """supervisord answers for `state_dir`; otherwise an error that says whether it is hung (with its pid) or not running."""
-    if client.is_running():
-        return
-    refuse_if_hung(state_dir, client)
-    raise StateError(not_running_message(shown_as or state_dir))
 
 
 def start_supervisord(state_dir: str, client: Client, *, emit: Emit) -> None:

@@ -129,7 +129,7 @@ def test_the_installed_console_script_runs():
 
 def test_a_plan_changed_under_applys_lock_is_shown_and_with_yes_carried_out_saying_so(capsys):
     from orchestrator.core.plan import Action, Plan
-    from orchestrator.interfaces.cli import _confirm_changed
+    from orchestrator.interfaces.commands.changes import _confirm_changed
 
     shown = Plan((Action("add", "extra", reason="new agent"),), fingerprint="a")
     new = Plan((Action("add", "extra", reason="new agent"), Action("start", "calc", reason="stopped")), fingerprint="b")
@@ -173,3 +173,23 @@ def test_a_wrong_notification_target_is_a_located_error(manifest_set, target, co
     result = run("-m", str(manifests), "validate")
     assert result.exit_code == 1
     assert "orchestrator.yaml:3:" in result.stderr and complaint in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["status", "alerts"])
+def test_commands_that_read_only_the_state_directory_start_without_the_loader_or_apply(command):
+    """`status` at 500 agents must answer in under half a second (bench/bench_status.py), a fifth of which the
+    manifest loader (ruamel, jinja2) and the apply machinery would cost to import: commands that never load a
+    manifest must not import them."""
+    import subprocess
+    import sys
+    probe = ("import sys\nfrom orchestrator.interfaces.cli import cli\nassert cli.get_command(None, sys.argv[1])\n"
+             "print(' '.join(m for m in ('ruamel.yaml', 'jinja2', 'orchestrator.config.manifest', "
+             "'orchestrator.operations.apply', 'orchestrator.operations.lifecycle') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, command], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "", f"{command} imports {done.stdout.strip()}"
+
+
+def test_every_command_of_the_table_is_found_under_its_own_name():
+    from orchestrator.interfaces.cli import COMMANDS
+    assert all(cli.get_command(None, name).name == name for name in COMMANDS)
+    assert cli.get_command(None, "no-such-command") is None

@@ -9,9 +9,17 @@ both read the TCP tables and attribute sockets as they would for agents.
 
   - orchestrator: a separate Python process imports the exporter as supervisord
     runs it and, in each round, takes one sample (the /proc pass of every tree,
-    restart state, the snapshot) and renders the scrape (the Collector through
-    prometheus-client's text exposition); CPU (process time) and wall time of
-    each round, median of RUNS rounds, and the process's peak RSS at the end.
+    restart state, the snapshot, and the evaluation of every agent's
+    thresholds: alerts, limits, forecasts, health; a live version declares
+    each agent with warning, critical and limit thresholds on CPU, memory and
+    open files) and renders the scrape (the Collector through
+    prometheus-client's text exposition). The forecasts are in steady state:
+    first WARM samples a minute apart (on the thresholds' clock, moved on by
+    hand) fill every window, then RUNS rounds 5 s apart, the default interval,
+    so each window takes a new sample, and is fitted again, once a minute, as
+    in service. CPU (process time) per round, the mean of RUNS rounds (the
+    rounds that refit every window count with the others); wall time, the
+    median; and the process's peak RSS at the end.
     supervisord's answer is given by a stand-in naming the N pids, so the
     figures are the exporter's own, not supervisord's getAllProcessInfo
     (which grows with N squared; see DESIGN.md); readiness probes are off.
@@ -43,6 +51,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import free_ports, terminate_as_interrupt  # noqa: E402
+from orchestrator.config.manifest import LoadOptions, load  # noqa: E402
+from orchestrator.state.history import History  # noqa: E402
+from orchestrator.supervisord import render  # noqa: E402
 
 SIZES = (50, 200, 500)
 RUNS = 30
@@ -53,9 +64,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 # Runs in its own interpreter, so its RSS is the exporter's: argv = pids..., prints JSON.
 OURS = """
+WARM = 125
 import json, os, resource, statistics, sys, tempfile, time
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
+from orchestrator.daemons.thresholds import Thresholds
 
 class Stand:
     def __init__(self, pids):
@@ -66,27 +79,56 @@ class Stand:
     def pid(self):
         return os.getppid()
 
-runs, pids = int(sys.argv[1]), [int(p) for p in sys.argv[2:]]
-sampler = Sampler(tempfile.mkdtemp(), Stand(pids), interval=5.0, probe=False)
+runs, state_dir, pids = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
+clock = [time.time()]   # the thresholds' wall clock, moved on by hand: forecasts see hours of samples in seconds
+thresholds = Thresholds(state_dir, report=lambda action: None, log=lambda line: None, wall=lambda: clock[0])
+sampler = Sampler(state_dir, Stand(pids), interval=5.0, probe=False, thresholds=thresholds)
 reg = registry(sampler)
 settle()  # as the exporter's main does once started
+for _ in range(WARM):   # a sample a minute until every forecast window is full (one sample a minute, at most 120)
+    sampler.sample()
+    clock[0] += 60.0
 exposition(reg)
 cpu, wall = [], []
-for _ in range(runs):
+for _ in range(runs):   # then a sample every 5 s, the default interval: each window takes a new sample once a minute
     c, w = time.process_time(), time.perf_counter()
     sampler.sample()
     text = exposition(reg)
     cpu.append(time.process_time() - c)
     wall.append(time.perf_counter() - w)
+    clock[0] += 5.0
+assert sum(1 for w in thresholds.windows.values() if len(w.samples) >= 120) >= len(pids), "the forecast windows are not full"
 assert text.count(b"orchestrator_process_resident_memory_bytes{") == len(pids), "not every process was sampled"
 assert text.count(b'state="listen"} 1.0') == len(pids), "not every process's socket was found"
-print(json.dumps({"cpu": statistics.median(cpu), "wall": statistics.median(wall),
+assert text.count(b"orchestrator_agent_health_score{") == len(pids), "not every agent was assessed"
+assert text.count(b'orchestrator_agent_threshold_memory_bytes{') == 3 * len(pids), "not every agent's thresholds were exported"
+print(json.dumps({"cpu": statistics.fmean(cpu), "wall": statistics.median(wall),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
-def ours(pids: list[int]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", OURS, str(RUNS), *map(str, pids)], capture_output=True, text=True, timeout=600)
+# every agent declared with the thresholds a trading agent has: each sample evaluates them all (alerts, limits,
+# forecasts, health), as the exporter does
+RESOURCES = ("resources: {cpu_percent: {warning: 70, critical: 90}, memory_mb: {warning: 300, critical: 400, limit: 512},"
+             " open_fds: {warning: 800, critical: 900, limit: 1000}}\n")
+
+
+def live_version(tmp: Path, count: int, sleep: str) -> str:
+    """A state directory whose live version declares agents a-0000.. for `count` processes; its path."""
+    manifests = tmp / f"manifests-{count}"
+    (manifests / "agents").mkdir(parents=True)
+    (manifests / "orchestrator.yaml").write_text(f"project: bench\nstate_dir: state-{count}\n")
+    for index in range(count):
+        (manifests / "agents" / f"a-{index:04d}.yaml").write_text(
+            f"name: a-{index:04d}\ncommand: [\"{sleep}\", \"{MARK}\"]\n" + RESOURCES)
+    loaded = load(LoadOptions(str(manifests)))
+    History(loaded.state_dir).record(loaded, render.render(loaded))
+    return loaded.state_dir
+
+
+def ours(state_dir: str, pids: list[int]) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", OURS, str(RUNS), state_dir, *map(str, pids)], capture_output=True,
+                          text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"the exporter's sample failed:\n{done.stderr}")
     return dict(json.loads(done.stdout))
@@ -159,7 +201,7 @@ def main() -> None:
             while len(sleepers) < size:
                 sleepers.append(subprocess.Popen([sleep, MARK], stdin=held.fileno()))
             pids = [p.pid for p in sleepers]
-            results.append((size, ours(pids), theirs(binary, tmp, size)))
+            results.append((size, ours(live_version(tmp, size, sleep), pids), theirs(binary, tmp, size)))
     finally:
         for process in sleepers:
             process.kill()
@@ -168,7 +210,8 @@ def main() -> None:
         held.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"one full sample (sample + exposition), median of {RUNS}; process-exporter: CPU per scrape over {RUNS} scrapes")
+    print(f"one full sample (sample + exposition; forecasts in steady state): CPU the mean of {RUNS}, wall the median; "
+          f"process-exporter: CPU per scrape over {RUNS} scrapes")
     print(f"  {'processes':>9}  {'ours CPU':>9}  {'ours wall':>9}  {'p-e CPU':>9}  {'p-e wall':>9}  {'CPU ratio':>9}")
     for size, mine, base in results:
         print(f"  {size:>9}  {mine['cpu'] * 1000:>6.1f} ms  {mine['wall'] * 1000:>6.1f} ms  {base['cpu'] * 1000:>6.1f} ms  "

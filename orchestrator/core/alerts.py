@@ -21,7 +21,8 @@ Standard library only, no clock (`now` is a parameter), no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from orchestrator.core.model import Resources, Thresholds
@@ -44,7 +45,7 @@ class Rule:
     resolve_at: float    # a firing alert resolves below this
     for_seconds: float = 0.0
 
-    @property
+    @cached_property   # asked for a dozen times per rule per sample
     def key(self) -> str:
         return f"{self.agent}/{self.metric}/{self.level}"
 
@@ -79,6 +80,7 @@ class Transition:
                 f"{threshold:g}" + (f" for {self.rule.for_seconds:g}s" if self.kind == "firing" and self.rule.for_seconds else ""))
 
 
+@lru_cache(maxsize=4096)   # asked for every agent at every sample; the same (name, resources) make the same rules
 def rules_for(agent: str, resources: Resources) -> tuple[Rule, ...]:
     """The rules an agent's `resources` thresholds make, in metric then severity order."""
     rules = []
@@ -100,21 +102,20 @@ def evaluate(rule: Rule, state: RuleState, value: float | None, now: float, *,
     `value` None (no sample: the agent is down) ends a pending wait and leaves a firing alert as
     it is: it resolves on the first value below its resolve level, not on a gap.
     """
+    # each path builds its state whole: 500 agents make some 4,000 of these a sample, and dataclasses.replace
+    # costs three times a constructor
     if value is None:
-        return replace(state, pending_since=None), None
-    state = replace(state, value=value)
-    if state.firing:
+        return (state if state.pending_since is None else RuleState(firing_since=state.firing_since, value=state.value)), None
+    if state.firing_since is not None:
         if value < rule.resolve_at:
             return RuleState(value=value), Transition(rule, "resolved", value, now)
-        return state, None
-    if value < rule.fire_at:
-        return replace(state, pending_since=None), None
-    if warming_up:
-        return replace(state, pending_since=None), None
+        return RuleState(firing_since=state.firing_since, value=value), None
+    if value < rule.fire_at or warming_up:
+        return RuleState(value=value), None
     since = state.pending_since if state.pending_since is not None else now
     if now - since >= rule.for_seconds:
         return RuleState(firing_since=now, value=value), Transition(rule, "firing", value, now)
-    return replace(state, pending_since=since), None
+    return RuleState(pending_since=since, value=value), None
 
 
 OnLimit = Literal["restart", "stop", "alert"]

@@ -48,6 +48,7 @@ from typing import NamedTuple, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from orchestrator.core.units import MIB
 from orchestrator.core.addresses import split_host_port
@@ -362,8 +363,11 @@ class Sampler:
         return ProcessSample(info.group, info.name, info.state, info.pid, info.uptime, figures, ratio)
 
 
-def _labels(p: ProcessSample) -> list[str]:
-    return [p.agent, p.process]
+def _put(family: Metric, labels: dict[str, str], value: float) -> None:
+    """`family.add_metric` for the families of every process and agent, at half its cost (some 16,000 samples a
+    scrape at 500 agents): the labels come as the dict a sample holds, built once and shared, unchecked."""
+    family.samples.append(Sample(family.name + ("_total" if family.type == "counter" else ""), labels, float(value),
+                                 None, None))
 
 
 class Exporter(Collector):
@@ -422,32 +426,32 @@ def _process_families(snap: Snapshot) -> Iterator[Metric]:
     tcp = gauge("tcp_connections", "TCP sockets of the tree, by state (established and listen always; others when in use)", ["state"])
     listening = gauge("listening_port", "1 for each TCP port the tree listens on", ["port"])
     for p in snap.processes:
-        labels = _labels(p)
-        state.add_metric(labels + [p.state], 1.0)   # the state it is in only: eight zeros a process would double a scrape
-        uptime.add_metric(labels, p.uptime)
+        labels = {"agent": p.agent, "process": p.process}   # one dict for all its families (never changed)
+        _put(state, {**labels, "state": p.state}, 1.0)   # the state it is in only: eight zeros a process would double a scrape
+        _put(uptime, labels, p.uptime)
         f = p.figures
         if f is None:
             continue
-        members.add_metric(labels, f.processes)
-        cpu.add_metric(labels, f.cpu_seconds)
+        _put(members, labels, f.processes)
+        _put(cpu, labels, f.cpu_seconds)
         if p.cpu_ratio is not None:
-            ratio.add_metric(labels, p.cpu_ratio)
-        rss.add_metric(labels, f.rss_bytes)
-        vms.add_metric(labels, f.vms_bytes)
+            _put(ratio, labels, p.cpu_ratio)
+        _put(rss, labels, f.rss_bytes)
+        _put(vms, labels, f.vms_bytes)
         if f.pss_bytes is not None and f.uss_bytes is not None:
-            pss.add_metric(labels, f.pss_bytes)
-            uss.add_metric(labels, f.uss_bytes)
-        read.add_metric(labels, f.read_bytes)
-        written.add_metric(labels, f.write_bytes)
-        fds.add_metric(labels, f.open_fds)
+            _put(pss, labels, f.pss_bytes)
+            _put(uss, labels, f.uss_bytes)
+        _put(read, labels, f.read_bytes)
+        _put(written, labels, f.write_bytes)
+        _put(fds, labels, f.open_fds)
         if f.fd_limit is not None:
-            max_fds.add_metric(labels, f.fd_limit)
-        threads.add_metric(labels, f.threads)
-        switches.add_metric(labels, f.context_switches)
+            _put(max_fds, labels, f.fd_limit)
+        _put(threads, labels, f.threads)
+        _put(switches, labels, f.context_switches)
         for name in sorted({"established", "listen", *f.tcp}):  # the two that always matter, and any other in use
-            tcp.add_metric(labels + [name], f.tcp.get(name, 0))
+            _put(tcp, {**labels, "state": name}, f.tcp.get(name, 0))
         for port in sorted(f.listening_ports):
-            listening.add_metric(labels + [str(port)], 1.0)
+            _put(listening, {**labels, "port": str(port)}, 1.0)
     yield from (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds, threads,
                 switches, tcp, listening)
 
@@ -468,26 +472,27 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
     files = GaugeMetricFamily("orchestrator_agent_threshold_open_fds", "configured limit on open files (resources.open_files)",
                               labels=["agent"])
     for a in snap.agents:
-        up.add_metric([a.name], 1.0 if a.up else 0.0)
-        ready.add_metric([a.name], 1.0 if a.ready else 0.0)
+        labels = {"agent": a.name}
+        _put(up, labels, 1.0 if a.up else 0.0)
+        _put(ready, labels, 1.0 if a.ready else 0.0)
         counted = a.history.restart_reasons
         # automatic restarts counted before reasons were kept are crashes: the labelled sum still says them all
         earlier = max(0, a.history.restarts - sum(v for k, v in counted.items() if k not in ("dependency", "operator")))
         for reason in RESTART_REASONS:
-            restarts.add_metric([a.name, reason], counted.get(reason, 0) + (earlier if reason == "crash" else 0))
-        given_up.add_metric([a.name], 1.0 if a.history.given_up else 0.0)
+            _put(restarts, {"agent": a.name, "reason": reason}, counted.get(reason, 0) + (earlier if reason == "crash" else 0))
+        _put(given_up, labels, 1.0 if a.history.given_up else 0.0)
         if a.agent is None:
             continue
         resources = a.agent.resources
         for severity in ("warning", "critical", "limit"):
             value = getattr(resources.cpu_percent, severity)
             if value is not None:
-                cpu.add_metric([a.name, severity], value / 100.0)
+                _put(cpu, {"agent": a.name, "severity": severity}, value / 100.0)
             value = getattr(resources.memory_mb, severity)
             if value is not None:
-                memory.add_metric([a.name, severity], value * 1024 * 1024)
+                _put(memory, {"agent": a.name, "severity": severity}, value * 1024 * 1024)
         if resources.open_files is not None:
-            files.add_metric([a.name], resources.open_files)
+            _put(files, labels, resources.open_files)
     yield from (up, ready, restarts, given_up, cpu, memory, files)
 
 
@@ -565,15 +570,23 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+_INF = float("inf")
+
+
 def _number(value: float) -> str:
+    value = float(value)
+    if -_INF < value < _INF:   # the common case first: false for NaN and both infinities
+        return repr(value)
     if value != value:
         return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+    return "+Inf" if value > 0 else "-Inf"
 
 
 _TEXT_TYPES = {"counter": "_total", "info": "_info"}
+# label set -> its text, kept from one scrape to the next: the same agents and processes make the same label sets
+# at every scrape (some 16,000 lines at 500 agents), so each one's text is built and escaped once
+_LABEL_TEXT: dict[tuple[tuple[str, str], ...], str] = {}
+_LABEL_TEXT_MAX = 200_000
 
 
 def exposition(reg: CollectorRegistry) -> bytes:
@@ -581,7 +594,9 @@ def exposition(reg: CollectorRegistry) -> bytes:
     (a test holds the two to the same samples), at a quarter of its cost: a scrape of 500 agents is some 10,000
     lines, and generate_latest validates and re-escapes every label name of every line."""
     out: list[str] = []
-    cache: dict[tuple[tuple[str, str], ...], str] = {}   # the labels of a process recur in every family
+    cache = _LABEL_TEXT
+    if len(cache) > _LABEL_TEXT_MAX:   # agents come and go: forget them all now and then, rather than track each
+        cache.clear()
     for family in reg.collect():
         name = family.name + _TEXT_TYPES.get(family.type, "")
         kind = "gauge" if family.type == "info" else family.type

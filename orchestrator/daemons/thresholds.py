@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.core import alerts as rules_
-from orchestrator.core.forecast import Forecast, Predicted, Window, forecast, predicted
+from orchestrator.core.forecast import Fit, Forecast, Predicted, Window, fit, forecast, predicted
 from orchestrator.core.health import Health, HealthInputs, score
 from orchestrator.core.model import Agent, Notification
 from orchestrator.host.sampling import core_ticks
@@ -80,6 +80,7 @@ class Thresholds:
         self.horizon = 3600.0
         self.states: dict[str, rules_.RuleState] = {}
         self.windows: dict[tuple[str, str], Window] = {}
+        self.fits: dict[tuple[str, str], tuple[tuple[tuple[float, float], ...], Fit | None]] = {}   # key -> (samples, line)
         self.predicted: dict[tuple[str, str], Predicted] = {}
         self.forecasts: dict[tuple[str, str], Forecast] = {}
         self.last_action: dict[str, float] = {}
@@ -167,6 +168,7 @@ class Thresholds:
             value = getattr(o, metric)
             if limit is None or limit <= 0:   # no limit (any more): no forecast, and no PREDICTED left firing
                 self.windows.pop(key, None)
+                self.fits.pop(key, None)
                 self.forecasts.pop(key, None)
                 if self.predicted.pop(key, Predicted()).firing:
                     self._record(AlertRecord(key=f"{o.name}/{metric}/PREDICTED", agent=o.name, metric=metric,
@@ -176,7 +178,8 @@ class Thresholds:
             if o.up and value is not None:
                 self.windows[key] = self.windows.get(key, _window(self.horizon)).add(now, value, o.run)
             window = self.windows.get(key)
-            fc = forecast(window, float(limit), self.horizon, now) if window is not None and o.up else None
+            fc = forecast(window, float(limit), self.horizon, now, fit_of=lambda samples, key=key: self._fit(key, samples)) \
+                if window is not None and o.up else None
             if fc is None:
                 self.forecasts.pop(key, None)
             else:
@@ -197,6 +200,14 @@ class Thresholds:
                                          kind="firing" if firing else "resolved", value=value, threshold=float(limit),
                                          at=now, summary=summary))
 
+    def _fit(self, key: tuple[str, str], samples: tuple[tuple[float, float], ...]) -> Fit | None:
+        """The window's line, fitted again only when its samples changed (a window takes a sample a minute at
+        most; the exporter samples every few seconds)."""
+        kept = self.fits.get(key)
+        if kept is None or kept[0] is not samples:
+            kept = self.fits[key] = (samples, fit(samples))
+        return kept[1]
+
     # --- the whole assessment ---------------------------------------------------------------------------------
 
     def assess(self, observed: Sequence[Observed], declared: Mapping[str, Agent], *,
@@ -213,6 +224,7 @@ class Thresholds:
         names = {o.name for o in observed}
         for key in [k for k in self.windows if k[0] not in names]:
             self.windows.pop(key, None)
+            self.fits.pop(key, None)
             self.forecasts.pop(key, None)
             self.predicted.pop(key, None)
         self._observe_cores(now)

@@ -58,8 +58,8 @@ from orchestrator.core.model import Agent
 from orchestrator.core.names import RUNTIME_DIR, is_internal
 from orchestrator.core.policies import RESTART_REASONS, AgentHistory
 from orchestrator.core.processes import RUNNING, STARTING, STOPPING, ProcessInfo
-from orchestrator.daemons.notify import Notifier
-from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds, notifier_targets
+from orchestrator.daemons.notify import Notifications
+from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds
 from orchestrator.host import probes, sampling
 from orchestrator.operations.sequencer import report_limit
 from orchestrator.state import runtime, samples
@@ -142,7 +142,6 @@ class Sampler:
         self.state_dir = state_dir
         self.thresholds = thresholds
         self.limit_tick = limit_tick
-        self.notifier: Notifier | None = None
         self._configured: int | None = None
         self.supervisor = supervisor
         self.interval = interval
@@ -151,6 +150,9 @@ class Sampler:
         self.clock = clock
         self.probe = probe
         self.history = History(state_dir)
+        self.notifications = Notifications(self.history, log=log)   # the threshold alerts' (the keeper sends its own)
+        if thresholds is not None:
+            thresholds.notify = self.notifications.submit
         self.counters = Counters()
         self.snapshot = Snapshot()
         self._previous: dict[tuple[str, str], tuple[int, float, float]] = {}   # key -> (pid, cpu seconds, when)
@@ -180,8 +182,7 @@ class Sampler:
                 self.check_limits()
         if self.thresholds is not None:
             self.thresholds.save()
-        if self.notifier is not None:
-            self.notifier.close(timeout=2.0)
+        self.notifications.close(timeout=2.0)
 
     def check_limits(self) -> None:
         """Memory and open files of the agents with a limit, read alone (their trees' /proc files), against their
@@ -298,7 +299,8 @@ class Sampler:
                         applied=version.created if version else None, version_status=version.status if version else "")
 
     def _configure(self, version: Version | None) -> None:
-        """The live version's settings the thresholds need: the forecast horizon, the notification targets."""
+        """The live version's setting the thresholds need: the forecast horizon (its notification targets are
+        followed by `notifications`)."""
         number = version.number if version else None
         if self.thresholds is None or number == self._configured:
             return
@@ -307,11 +309,6 @@ class Sampler:
         exporter = settings.get("exporter")
         if isinstance(exporter, dict) and isinstance(exporter.get("horizon"), (int, float)):
             self.thresholds.horizon = float(exporter["horizon"])
-        project, targets = notifier_targets(settings)
-        if self.notifier is not None:
-            self.notifier.pending.put(None)   # the old one delivers what it holds, then ends; nothing waits for it
-        self.notifier = Notifier(targets, project=project, log=self.log) if targets else None
-        self.thresholds.notify = self.notifier.submit if self.notifier else (lambda alert: None)
 
     def _assess(self, version: Version | None, declared: Mapping[str, Agent], infos: list[ProcessInfo],
                 processes: list[ProcessSample], agents: tuple[AgentSample, ...]) -> Assessment:

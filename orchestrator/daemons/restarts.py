@@ -4,9 +4,12 @@ Owned here: the shell around `keeping.decide`. It turns supervisord's
 process-state events, the starters' reports of failed readiness and the
 liveness monitor's failures into typed `keeping` events, reads the runtime
 state, asks the pure decision (under the runtime lock when it records), and
-carries the actions out: runtime file updates, timers, RPC calls, stops. What
-to do (the ownership table, the restart policy, the latch, the cooldown,
-`on_dependency_failure`, the give-up) is decided in `core.keeping` alone.
+carries the actions out: runtime file updates, timers, RPC calls, stops, and
+its exit alerts (a manual-policy agent that exited; resolved once it runs
+again), recorded in the alert history and sent to the live version's
+notifications (daemons.notify, on a thread of its own: an event never waits on
+a target). What to do (the ownership table, the restart policy, the latch, the
+cooldown, `on_dependency_failure`, the give-up) is decided in `core.keeping` alone.
 After an agent's process ends, the keeper is the only actor that starts it
 again (see `ownership` for every phase's owner): apply, up, start and the boot
 sequence issue an agent's first start and then only wait for its outcome,
@@ -59,6 +62,7 @@ from orchestrator.core.model import Agent
 from orchestrator.core.names import LOGS_DIR, process_names
 from orchestrator.core.policies import AgentHistory, Exit
 from orchestrator.core.processes import UP_STATES
+from orchestrator.daemons.notify import Notifications
 from orchestrator.operations.sequencer import COMM_TYPE, Event as Progress, Sequencer
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.state import alerts, runtime
@@ -79,6 +83,7 @@ class Keeper:
         self._timers_lock = threading.Lock()
         self._wake = threading.Event()
         self.history = History(state_dir)
+        self.notifications = Notifications(self.history, log=log)   # the exit alerts' (the exporter sends its own)
         self._own_lock = threading.Lock()
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
         self.stopping: dict[str, threading.Thread] = {}   # agent -> the thread stopping it, while it runs
@@ -211,21 +216,23 @@ class Keeper:
                 pass  # StartOnce is the timer thread's own (see `fire`); Skip: nothing to do
 
     def _alert(self, name: str, action: RaiseAlert | ResolveAlert) -> None:
-        """Record an exit alert in the alert history (its `agent/exit` keys are the keeper's; see state.alerts)."""
+        """Record an exit alert in the alert history and send it (its `agent/exit` keys are the keeper's; see
+        state.alerts): the notifier's thread delivers it, this returns at once."""
         key = f"{name}/exit/CRITICAL"
         if isinstance(action, ResolveAlert) and not any(a.key == key for a in alerts.active(self.state_dir)):
             return
         kind = "firing" if isinstance(action, RaiseAlert) else "resolved"
         summary = action.summary if isinstance(action, RaiseAlert) else f"{name} exit alert resolved: it runs again"
+        record = alerts.AlertRecord(key=key, agent=name, metric="exit", level="CRITICAL", kind=kind,
+                                    value=action.value if isinstance(action, RaiseAlert) else 0.0, threshold=0.0,
+                                    at=time.time(), summary=summary)
         try:
-            alerts.record(self.state_dir, alerts.AlertRecord(
-                key=key, agent=name, metric="exit", level="CRITICAL", kind=kind,
-                value=action.value if isinstance(action, RaiseAlert) else 0.0, threshold=0.0, at=time.time(),
-                summary=summary))
+            alerts.record(self.state_dir, record)
         except OSError as exc:
             self.log(f"{name}: the alert could not be recorded: {exc}")
         if isinstance(action, RaiseAlert):
             self.log(f"{name}: ALERT: {summary}")
+        self._guarded(self.notifications.submit, record)   # a notification problem never fails the event
 
     def _stop_then(self, names: list[str], depends_on: Mapping[str, Sequence[str]], *,
                    then: Callable[[], None] = lambda: None) -> None:

@@ -6,7 +6,7 @@ when each agent was last acted on), and carrying out what the pure decisions
 in core answer:
 
     per agent, after each sample (and on the 1 s limit tick, memory and open files only):
-        core.alerts.evaluate(rule, value)  ->  a transition: logged, state.alerts.record, Notifier.submit
+        core.alerts.evaluate(rule, value)  ->  a transition: logged, state.alerts.record, sent (`notify`)
         an EMERGENCY firing                ->  core.alerts.on_limit  ->  report(LimitAction): the restart keeper acts
         core.forecast.Window.add / forecast / predicted  ->  PREDICTED, recorded and sent like the others
         core.health.score                  ->  the score and penalties the exporter exports
@@ -15,7 +15,8 @@ in core answer:
 Figures, as `status` gives them: memory in MiB (the tree's RSS / 2^20, the unit of resources.memory_mb),
 CPU in percent of one core, open file descriptors of the tree. An agent's value is
 the highest of its processes' (thresholds are per process). Times are wall-clock
-seconds (the alert history's). The alerts this module owns are those keyed
+seconds (the alert history's). The alerts this module owns, records and sends
+(`notify`: the exporter's daemons.notify.Notifications) are those keyed
 agent/metric/level; the keeper's exit alerts are never touched.
 
 Called by the exporter's sampler (daemons.exporter).
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from orchestrator.core import alerts as rules_
 from orchestrator.core.forecast import Fit, Forecast, Predicted, Window, fit, forecast, predicted
 from orchestrator.core.health import Health, HealthInputs, score
-from orchestrator.core.model import Agent, Notification
+from orchestrator.core.model import Agent
 from orchestrator.host.sampling import core_ticks
 from orchestrator.state import alerts as history
 from orchestrator.state import evidence as evidence_
@@ -266,12 +267,3 @@ class Thresholds:
                                   open_fds=None if o.open_fds is None else int(o.open_fds), fd_limit=resources.open_files,
                                   alerts=levels, uptime=uptime if o.up else None, reset_after=policy.reset_after))
 
-
-def notifier_targets(settings: Mapping[str, object]) -> tuple[str, tuple[Notification, ...]]:
-    """The project and notification targets of a version's kept settings (state.history.settings)."""
-    items = settings.get("notifications") or ()
-    targets = []
-    for item in items if isinstance(items, list) else ():
-        if isinstance(item, dict):
-            targets.append(Notification(**{**item, "command": tuple(item.get("command", ()))}))
-    return str(settings.get("project", "orchestrator")), tuple(targets)

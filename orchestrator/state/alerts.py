@@ -6,7 +6,8 @@
 Each alert's key says who owns it and alone raises and resolves it: the
 threshold alerts (`agent/metric/level`) are the exporter's sampler's, the exit
 alerts (`agent/exit/CRITICAL`, a manual-policy agent that exited) the restart
-keeper's. They write one transition at a time, holding the alerts lock.
+keeper's; each sends its own to the notifications (daemons.notify). They write
+one transition at a time, holding the alerts lock.
 Everyone else (`orchestrator alerts`, `status`, the web page) only reads. A line is one
 `write` of a whole line to a file opened for appending, so a reader never sees
 half of one; the history is trimmed to its newest KEEP lines by an atomic

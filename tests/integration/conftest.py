@@ -1,14 +1,17 @@
-"""One fixture for every integration test: a project with a real supervisord in a temporary directory.
+"""The fixtures of the integration tests: a project with a real supervisord in a temporary directory, and a webhook.
 
 `project` writes a manifest set, runs the real `orchestrator` command against
 it, and always tears down: `orchestrator down`, then whatever is still alive
 of the supervisord it started and of the processes marked with its state
 directory is ended (never anything else: nothing is killed by name).
+`webhook` is an HTTP server on 127.0.0.1 that keeps every notification it is
+sent, by path, so one server stands for several targets.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
@@ -16,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -219,3 +223,46 @@ def project(tmp_path: Path) -> Iterator[Project]:
         yield instance
     finally:
         instance.teardown()
+
+
+class Webhook:
+    """A notification target on 127.0.0.1: answers every POST 204 and keeps its JSON body, by path."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[str, dict]] = []
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                hook.bodies.append((self.path, json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="webhook", daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def received(self, path: str | None = None) -> list[dict]:
+        """The bodies POSTed (to `path`, or to any), in the order they arrived."""
+        return [body for at, body in list(self.bodies) if path is None or at == path]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    try:
+        yield hook
+    finally:
+        hook.close()

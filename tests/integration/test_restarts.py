@@ -202,3 +202,50 @@ def test_a_manual_policy_agent_that_exits_raises_an_alert_that_resolves_once_it_
     wait_until(lambda: not firing(), 15, message="the exit alert to resolve")
     recent = json.loads(project.run("alerts", "--output", "json").stdout)["recent"]
     assert [a["kind"] for a in recent if a["agent"] == "batch"] == ["firing", "resolved"]
+
+
+def test_a_manual_policy_agents_exit_alert_and_its_resolution_reach_the_notifications_its_level_reaches(project, webhook):
+    """The keeper sends its exit alerts to the live version's `notifications`, with the documented body; a target that
+    wants only emergencies gets nothing; after an apply that records new targets, the next exit goes to those."""
+    flag = project.root / "stay-up"
+    flag.touch()
+    listen = f"127.0.0.1:{free_ports(1)[0]}"
+    project.write("orchestrator.yaml", f"""
+        project: desk
+        exporter: {{listen: "{listen}"}}
+        notifications:
+          - {{name: desk, url: "{webhook.url('/desk')}"}}
+          - {{name: pager, url: "{webhook.url('/pager')}", min_severity: emergency}}
+    """)
+    crasher(project, "batch", restart="{policy: manual}", extra="min_uptime: 0s\n", flag=flag)
+    project.run("up", check=True)
+    flag.unlink()
+    os.kill(project.pids()["batch"], signal.SIGKILL)
+
+    wait_until(lambda: webhook.received("/desk"), 15, message="the exit alert at the webhook")
+    firing = webhook.received("/desk")[0]
+    assert set(firing) == {"project", "agent", "metric", "level", "kind", "value", "threshold", "at", "summary"}
+    assert (firing["project"], firing["agent"], firing["metric"], firing["level"], firing["kind"]) == (
+        "desk", "batch", "exit", "CRITICAL", "firing")
+    assert "restart policy is manual" in firing["summary"] and firing["value"] == -1   # killed by a signal
+
+    flag.touch()
+    project.run("start", "batch", check=True)
+    wait_until(lambda: len(webhook.received("/desk")) >= 2, 15, message="the resolution at the webhook")
+    resolved = webhook.received("/desk")[1]
+    assert (resolved["project"], resolved["agent"], resolved["level"], resolved["kind"]) == ("desk", "batch", "CRITICAL", "resolved")
+    # one thread delivers both, target after target: the firing was offered to `pager` before the resolution was sent
+    assert webhook.received("/pager") == []
+
+    project.write("orchestrator.yaml", f"""
+        project: desk
+        exporter: {{listen: "{listen}"}}
+        notifications:
+          - {{name: moved, url: "{webhook.url('/moved')}", min_severity: critical}}
+    """)
+    project.write("agents/idle.yaml", 'name: idle\ncommand: ["sleep", "600"]\n')   # an agent added: apply records a version
+    project.run("apply", check=True)
+    os.kill(project.pids()["batch"], signal.SIGKILL)
+    wait_until(lambda: webhook.received("/moved"), 15, message="the next exit alert at the new target")
+    assert [(b["agent"], b["kind"]) for b in webhook.received("/moved")] == [("batch", "firing")]
+    assert len(webhook.received("/desk")) == 2 and webhook.received("/pager") == []

@@ -5,12 +5,9 @@ nothing."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import sys
-import threading
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
@@ -84,33 +81,6 @@ stop_timeout: 5s
 """
 
 
-class Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict]
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.received.append(json.loads(body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    received: list[dict] = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (Hook,), {"received": received}))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def _metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The scrape's samples: (name, sorted labels) -> value."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: S310 - loopback
@@ -131,7 +101,6 @@ def _series(metrics: dict, name: str, **labels: str) -> list[float]:
 
 def test_a_leaking_agent_warns_predicts_goes_critical_and_is_restarted_at_its_limit_and_a_spike_raises_nothing(
         project, webhook):
-    url, received = webhook
     port = free_ports(1)[0]
     script = project.root / "leaker.py"
     script.write_text(LEAKER)
@@ -139,7 +108,7 @@ def test_a_leaking_agent_warns_predicts_goes_critical_and_is_restarted_at_its_li
         project: test
         exporter: {{listen: "127.0.0.1:{port}", interval: 0.5s, horizon: 20s}}
         notifications:
-          - {{name: hook, url: "{url}"}}
+          - {{name: hook, url: "{webhook.url()}"}}
     """)
     logs = {}
     for name, mode in (("leak", "self"), ("heap", "parent"), ("spike", "spike")):
@@ -198,11 +167,11 @@ def test_a_leaking_agent_warns_predicts_goes_critical_and_is_restarted_at_its_li
     log = (project.state / "logs" / "_exporter.log").read_text()
     assert "leak EMERGENCY firing" in log and "leak PREDICTED firing" in log and "memory_limit" in log
     # the notifications
-    wait_until(lambda: {("leak", "EMERGENCY"), ("heap", "EMERGENCY")} <= {(b["agent"], b["level"]) for b in received},
+    wait_until(lambda: {("leak", "EMERGENCY"), ("heap", "EMERGENCY")} <= {(b["agent"], b["level"]) for b in webhook.received()},
                15, message="the webhook to receive the limit alerts")
-    body = next(b for b in received if b["agent"] == "leak" and b["level"] == "EMERGENCY")
+    body = next(b for b in webhook.received() if b["agent"] == "leak" and b["level"] == "EMERGENCY")
     assert body["project"] == "test" and body["kind"] == "firing" and body["metric"] == "memory_mb"
     # the spike, 150 MB for half a second against a warning at 100 for 3 s, raised nothing
     assert max(float(mb) for _, mb in logged(logs["spike"], "rss")) >= 100
     assert not [a for a in recent if a["agent"] == "spike"]
-    assert not [b for b in received if b["agent"] == "spike"]
+    assert not [b for b in webhook.received() if b["agent"] == "spike"]

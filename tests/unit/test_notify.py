@@ -1,5 +1,6 @@
 """Alerts reach their targets: a real local webhook server and a real command, retried with backoff, filtered by
-severity, and never holding up the caller; the alert history stays bounded and knows what is active."""
+severity, and never holding up the caller; the targets are the live version's, followed from one version to the
+next; the alert history stays bounded and knows what is active."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.core.alerts import Rule, Transition
 from orchestrator.core.model import Notification
-from orchestrator.daemons.notify import Notifier
+from orchestrator.daemons.notify import Notifications, Notifier, notifier_targets
 from orchestrator.state import alerts
+from orchestrator.state.history import History
+from orchestrator.supervisord import render
 
 
 def _alert(level: str = "CRITICAL", kind: str = "firing", at: float = 1000.0, agent: str = "leaky") -> alerts.AlertRecord:
@@ -125,6 +129,57 @@ def test_each_target_gets_only_alerts_at_or_above_its_minimum_severity(hook):
     _until(lambda: len(every.bodies) == 4 and len(urgent.bodies) == 2)
     notifier.close()
     assert [b["level"] for b in urgent.bodies] == ["CRITICAL", "EMERGENCY"]
+
+
+def test_retiring_a_notifier_never_waits_even_with_its_queue_full_and_it_ends_once_emptied(tmp_path, monkeypatch):
+    gate, out, lines = tmp_path / "gate", tmp_path / "alerts.jsonl", []
+    monkeypatch.setattr("orchestrator.daemons.notify.QUEUE_SIZE", 3)
+    target = Notification(name="slow", type="command",   # answers only once the gate exists
+                          command=("sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.01; done; cat >> "{out}"; echo >> "{out}"'))
+    notifier = Notifier([target], project="p", log=lines.append)
+    notifier.submit(_alert(at=0.0))
+    _until(lambda: notifier.pending.empty())   # the thread holds it, waiting on the gate
+    for index in range(1, 5):
+        notifier.submit(_alert(at=float(index)))   # three fill the queue, the fourth is dropped and said
+    began = time.monotonic()
+    notifier.retire()
+    assert time.monotonic() - began < 0.1
+    gate.touch()
+    notifier.thread.join(10)
+    assert not notifier.thread.is_alive()
+    assert [json.loads(line)["at"] for line in out.read_text().splitlines() if line] == [0.0, 1.0, 2.0, 3.0]
+    assert lines == [f"notifications: queue full, not sent: {_alert(at=4.0).summary}"]
+
+
+def test_notification_targets_come_from_the_versions_kept_settings():
+    project, targets = notifier_targets({"project": "desk", "notifications": [
+        {"name": "hook", "url": "http://127.0.0.1:1/", "type": "webhook", "command": [], "min_severity": "critical"}]})
+    assert project == "desk" and targets[0].min_severity == "critical" and targets[0].command == ()
+    assert notifier_targets({}) == ("orchestrator", ())
+
+
+def test_notifications_go_to_the_targets_of_the_version_live_when_each_alert_is_sent(hook, manifest_set, tmp_path):
+    first, second = hook(), hook()
+    state = str(tmp_path / "state")
+    history = History(state)
+    notifications = Notifications(history, log=lambda line: None)
+    notifications.submit(_alert(at=1.0))   # nothing applied yet: no targets, nothing sent
+
+    def apply(project: str, url: str) -> None:
+        manifests = load(LoadOptions(str(manifest_set({
+            "orchestrator.yaml": f"project: {project}\nnotifications:\n  - {{name: hook, url: '{url}'}}\n",
+            "agents/idle.yaml": "name: idle\ncommand: [sleep, '60']\n"})), state_dir=state, check_commands=False))
+        history.record(manifests, render.render(manifests))
+
+    apply("desk", first.url)
+    notifications.submit(_alert(at=2.0))
+    _until(lambda: first.bodies)
+    apply("floor", second.url)
+    notifications.submit(_alert(at=3.0))
+    _until(lambda: second.bodies)
+    notifications.close()
+    assert [(b["project"], b["at"]) for b in first.bodies] == [("desk", 2.0)]
+    assert [(b["project"], b["at"]) for b in second.bodies] == [("floor", 3.0)]
 
 
 def test_the_history_keeps_every_transition_in_order_and_knows_what_is_active(tmp_path):

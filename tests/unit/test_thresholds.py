@@ -7,7 +7,7 @@ from pathlib import Path
 
 from orchestrator.core.alerts import LimitAction
 from orchestrator.core.model import Agent, Resources, Thresholds as Levels
-from orchestrator.daemons.thresholds import Observed, Thresholds, notifier_targets
+from orchestrator.daemons.thresholds import Observed, Thresholds
 from orchestrator.state import alerts, evidence
 from orchestrator.state.alerts import AlertRecord
 
@@ -104,13 +104,6 @@ def test_an_alert_of_an_agent_no_longer_declared_resolves(tmp_path: Path):
     t.assess([], {}, ready={}, histories={}, uptimes={})
     assert [(r.level, r.kind) for r in sent] == [("WARNING", "firing"), ("WARNING", "resolved")]
     assert alerts.active(str(tmp_path)) == []
-
-
-def test_notification_targets_come_from_the_versions_kept_settings():
-    project, targets = notifier_targets({"project": "desk", "notifications": [
-        {"name": "hook", "url": "http://127.0.0.1:1/", "type": "webhook", "command": [], "min_severity": "critical"}]})
-    assert project == "desk" and targets[0].min_severity == "critical" and targets[0].command == ()
-    assert notifier_targets({}) == ("orchestrator", ())
 
 
 def test_a_predicted_alert_resolves_when_its_limit_is_removed(tmp_path: Path):

@@ -64,11 +64,11 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 # Runs in its own interpreter, so its RSS is the exporter's: argv = pids..., prints JSON.
 OURS = """
-WARM = 125
 import json, os, resource, statistics, sys, tempfile, time
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
-from orchestrator.daemons.thresholds import Thresholds
+from orchestrator.daemons.thresholds import WINDOW_SAMPLES, Thresholds
+WARM = WINDOW_SAMPLES + 5
 
 class Stand:
     def __init__(self, pids):
@@ -79,13 +79,13 @@ class Stand:
     def pid(self):
         return os.getppid()
 
-runs, state_dir, pids = int(sys.argv[1]), sys.argv[2], [int(p) for p in sys.argv[3:]]
+runs, alerting, state_dir, pids = int(sys.argv[1]), sys.argv[2] == "alerts", sys.argv[3], [int(p) for p in sys.argv[4:]]
 clock = [time.time()]   # the thresholds' wall clock, moved on by hand: forecasts see hours of samples in seconds
 thresholds = Thresholds(state_dir, report=lambda action: None, log=lambda line: None, wall=lambda: clock[0])
-sampler = Sampler(state_dir, Stand(pids), interval=5.0, probe=False, thresholds=thresholds)
+sampler = Sampler(state_dir, Stand(pids), interval=5.0, probe=False, thresholds=thresholds if alerting else None)
 reg = registry(sampler)
 settle()  # as the exporter's main does once started
-for _ in range(WARM):   # a sample a minute until every forecast window is full (one sample a minute, at most 120)
+for _ in range(WARM):   # a sample a minute until every forecast window is full
     sampler.sample()
     clock[0] += 60.0
 exposition(reg)
@@ -97,10 +97,11 @@ for _ in range(runs):   # then a sample every 5 s, the default interval: each wi
     cpu.append(time.process_time() - c)
     wall.append(time.perf_counter() - w)
     clock[0] += 5.0
-assert sum(1 for w in thresholds.windows.values() if len(w.samples) >= 120) >= len(pids), "the forecast windows are not full"
+assert not alerting or sum(1 for w in thresholds.windows.values() if len(w.samples) == WINDOW_SAMPLES) >= len(pids), \
+    "the windows are not full"
 assert text.count(b"orchestrator_process_resident_memory_bytes{") == len(pids), "not every process was sampled"
 assert text.count(b'state="listen"} 1.0') == len(pids), "not every process's socket was found"
-assert text.count(b"orchestrator_agent_health_score{") == len(pids), "not every agent was assessed"
+assert not alerting or text.count(b"orchestrator_agent_health_score{") == len(pids), "not every agent was assessed"
 assert text.count(b'orchestrator_agent_threshold_memory_bytes{') == 3 * len(pids), "not every agent's thresholds were exported"
 print(json.dumps({"cpu": statistics.fmean(cpu), "wall": statistics.median(wall),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
@@ -126,9 +127,10 @@ def live_version(tmp: Path, count: int, sleep: str) -> str:
     return loaded.state_dir
 
 
-def ours(state_dir: str, pids: list[int]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", OURS, str(RUNS), state_dir, *map(str, pids)], capture_output=True,
-                          text=True, timeout=600)
+def ours(state_dir: str, pids: list[int], *, alerts: bool = True) -> dict[str, float]:
+    """The exporter's figures; without `alerts`, its metrics alone (no thresholds, forecasts or health), for scale."""
+    done = subprocess.run([sys.executable, "-c", OURS, str(RUNS), "alerts" if alerts else "metrics", state_dir,
+                           *map(str, pids)], capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"the exporter's sample failed:\n{done.stderr}")
     return dict(json.loads(done.stdout))
@@ -201,7 +203,8 @@ def main() -> None:
             while len(sleepers) < size:
                 sleepers.append(subprocess.Popen([sleep, MARK], stdin=held.fileno()))
             pids = [p.pid for p in sleepers]
-            results.append((size, ours(live_version(tmp, size, sleep), pids), theirs(binary, tmp, size)))
+            state_dir = live_version(tmp, size, sleep)
+            results.append((size, ours(state_dir, pids), theirs(binary, tmp, size), ours(state_dir, pids, alerts=False)))
     finally:
         for process in sleepers:
             process.kill()
@@ -212,11 +215,14 @@ def main() -> None:
 
     print(f"one full sample (sample + exposition; forecasts in steady state): CPU the mean of {RUNS}, wall the median; "
           f"process-exporter: CPU per scrape over {RUNS} scrapes")
-    print(f"  {'processes':>9}  {'ours CPU':>9}  {'ours wall':>9}  {'p-e CPU':>9}  {'p-e wall':>9}  {'CPU ratio':>9}")
-    for size, mine, base in results:
+    print(f"  {'processes':>9}  {'ours CPU':>9}  {'ours wall':>9}  {'p-e CPU':>9}  {'p-e wall':>9}  {'CPU ratio':>9}"
+          f"  {'metrics alone':>13}")
+    for size, mine, base, bare in results:
         print(f"  {size:>9}  {mine['cpu'] * 1000:>6.1f} ms  {mine['wall'] * 1000:>6.1f} ms  {base['cpu'] * 1000:>6.1f} ms  "
-              f"{base['wall'] * 1000:>6.1f} ms  {mine['cpu'] / base['cpu'] if base['cpu'] else float('inf'):>8.2f}x")
-    size, mine, base = results[-1]
+              f"{base['wall'] * 1000:>6.1f} ms  {mine['cpu'] / base['cpu'] if base['cpu'] else float('inf'):>8.2f}x"
+              f"  {bare['cpu'] * 1000:>6.1f} ms {bare['cpu'] / base['cpu'] if base['cpu'] else float('inf'):>4.2f}x")
+    print("  (metrics alone: the same sample without thresholds, forecasts and health, for scale)")
+    size, mine, base, bare = results[-1]
     ratio = mine["cpu"] / base["cpu"] if base["cpu"] else float("inf")
     print(f"  peak RSS at {size}: exporter {mine['rss'] / 2 ** 20:.1f} MB, process-exporter {base['rss'] / 2 ** 20:.1f} MB")
     missed = []

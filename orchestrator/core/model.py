@@ -240,6 +240,15 @@ class ManifestSet:
 
 # --- plain-data form, for versions on disk and the boot listener ---------------
 
+def kept_settings(manifests: ManifestSet) -> dict[str, Any]:
+    """What a version keeps of the settings, beside its agents, for the daemons that read them (the exporter's
+    forecast horizon, the notification targets of both daemons), as JSON-ready data: a change of any of them is a
+    change `plan` shows and apply records, though no agent restarts."""
+    settings = manifests.settings
+    return {"project": settings.project, "notifications": to_plain(settings.notifications),
+            "exporter": to_plain(settings.exporter)}
+
+
 def to_plain(value: Any) -> Any:
     """`value` (a model object) as JSON-ready data: dataclasses as dicts, tuples as lists."""
     if hasattr(value, "__dataclass_fields__"):

@@ -10,6 +10,12 @@ returns immutable actions, and its text and JSON forms for `orchestrator plan`.
     start      nothing changed, but it is not running
     unchanged  nothing to do; its process keeps its PID
 
+and, beside the agents, `settings`: which of the settings a version keeps
+(project, notifications, exporter; `model.kept_settings`) changed since the
+live version. Such a change restarts no agent, but it is pending: apply
+records a version, so the daemons that read the settings see it, and
+restarts the exporter when its own program changed.
+
 Whether the supervisord side changed is decided on the rendered program
 section (comments aside), so a change that renders the same is never a
 restart. Called by apply (which consumes a plan) and by the cli.
@@ -34,7 +40,7 @@ from typing import Literal
 
 from orchestrator.core.names import is_internal
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo
-from orchestrator.core.model import Agent, ManifestSet, to_plain
+from orchestrator.core.model import Agent, ManifestSet, kept_settings, to_plain
 
 Kind = Literal["add", "remove", "replace", "update", "start", "unchanged"]
 KINDS: tuple[Kind, ...] = ("remove", "replace", "add", "update", "start", "unchanged")
@@ -73,6 +79,7 @@ class Plan:
     actions: tuple[Action, ...]
     supervisord_running: bool = True
     fingerprint: str = ""   # of the desired and observed state the plan was computed from; see `fingerprint`
+    settings: tuple[str, ...] = ()   # the kept settings that changed since the live version (no agent restarts)
 
     def of_kind(self, *kinds: Kind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind in kinds)
@@ -83,21 +90,23 @@ class Plan:
     @property
     def pending(self) -> bool:
         """Something to do: exit status 2 for `orchestrator plan`."""
-        return any(a.kind != "unchanged" for a in self.actions)
+        return bool(self.settings) or any(a.kind != "unchanged" for a in self.actions)
 
     @property
     def changes_config(self) -> bool:
-        return any(a.kind in CHANGES for a in self.actions)
+        return bool(self.settings) or any(a.kind in CHANGES for a in self.actions)
 
     def summary(self) -> str:
         counts = [f"{len(self.of_kind(k))} to {k}" if k != "unchanged" else f"{len(self.of_kind(k))} unchanged"
                   for k in KINDS if self.of_kind(k)]
+        if self.settings:
+            counts.append(f"settings changed ({', '.join(self.settings)})")
         return ", ".join(counts) or "no agents"
 
     def to_json(self) -> str:
         return json.dumps({"pending": self.pending, "supervisord_running": self.supervisord_running,
                            "summary": self.summary(), "fingerprint": self.fingerprint,
-                           "actions": [a.as_dict() for a in self.actions]}, indent=2)
+                           "settings": list(self.settings), "actions": [a.as_dict() for a in self.actions]}, indent=2)
 
 
 def _significant(program: str) -> str:
@@ -119,7 +128,7 @@ def _agent_fields(agent: Agent) -> dict[str, object]:
 
 def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
                 last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
-                *, hashes: Mapping[str, str] | None = None) -> str:
+                *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None) -> str:
     """A stable hash of exactly what `plan` decides from, given the same arguments.
 
     Desired: each agent's fields (its source location aside), its rendered
@@ -140,8 +149,10 @@ def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Obs
     state = {
         "desired": {a.name: {"fields": _agent_fields(a), "program": _significant(programs.get(a.name, "")),
                              "hash": hashes.get(a.name)} for a in desired.agents},
+        "settings": kept_settings(desired),
         "live": {"agents": {n: _agent_fields(a) for n, a in last_agents.items()},
-                 "programs": {n: _significant(p) for n, p in last_programs.items()}},
+                 "programs": {n: _significant(p) for n, p in last_programs.items()},
+                 "settings": last_settings},
         "observed": {"running": observed.running,
                      "groups": {g: sorted([p.name, "down" if _down(p.state) else "up"] for p in processes)
                                 for g, processes in observed.groups.items() if not g.startswith("_")},
@@ -156,14 +167,27 @@ def _changed_fields(old: Agent, new: Agent) -> tuple[str, ...]:
     return tuple(k for k in after if k != "source" and before.get(k) != after.get(k))
 
 
+def changed_settings(desired: ManifestSet, last_settings: Mapping[str, object] | None) -> tuple[str, ...]:
+    """The kept settings whose value differs from the live version's (none without a live version)."""
+    if last_settings is None:
+        return ()
+    kept = kept_settings(desired)
+
+    def same(key: str) -> bool:
+        return json.dumps(kept[key], sort_keys=True) == json.dumps(last_settings.get(key), sort_keys=True)
+
+    return tuple(key for key in sorted(kept) if not same(key))
+
+
 def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
          last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
-         *, hashes: Mapping[str, str] | None = None) -> Plan:
+         *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None) -> Plan:
     """The actions that make supervisord match `desired`.
 
     `programs` are the desired rendered program sections by agent, `hashes`
     their configuration hashes; `last_*` what the live version recorded (None
-    when nothing was applied yet). A group whose configuration hash in
+    when nothing was applied yet), `last_settings` what it kept of the settings
+    (None: nothing applied yet). A group whose configuration hash in
     supervisord differs from the desired one is replaced, whatever the live
     version says: an apply was interrupted between recording the version and
     replacing the agent. Internal groups (names starting with '_') are not
@@ -209,7 +233,9 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
             actions.append(Action("remove", group, reason="no longer in the manifests"))
     order = {k: i for i, k in enumerate(KINDS)}
     return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running,
-                fingerprint=fingerprint(desired, programs, observed, last_agents, last_programs, hashes=hashes))
+                fingerprint=fingerprint(desired, programs, observed, last_agents, last_programs, hashes=hashes,
+                                        last_settings=last_settings),
+                settings=changed_settings(desired, last_settings) if last_agents else ())
 
 
 _SYMBOLS = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("-/+", "yellow"), "update": ("~", "cyan"),
@@ -221,6 +247,8 @@ def to_lines(result: Plan) -> list[tuple[str, str | None]]:
     lines: list[tuple[str, str | None]] = []
     if not result.supervisord_running:
         lines.append(("supervisord is not running: `orchestrator up` starts it and applies.", "yellow"))
+    if result.settings:
+        lines.append((f"    ~ settings ({', '.join(result.settings)}): orchestrator.yaml changed; no agent restarts", "cyan"))
     for action in result.actions:
         if action.kind == "unchanged":
             continue

@@ -94,10 +94,12 @@ def observe(client: Client) -> Observed:
 def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Rendering]:
     """The plan for `manifests` against what supervisord runs now and the live version."""
     rendering = render.render(manifests)
-    current = History(manifests.state_dir).current()
+    history = History(manifests.state_dir)
+    current = history.current()
     programs = {a.name: rendering.program(a.name) for a in manifests.agents}
     return (plan(manifests, programs, observe(client), current.agents if current else None,
-                 current.programs if current else None, hashes=rendering.hashes), rendering)
+                 current.programs if current else None, hashes=rendering.hashes,
+                 last_settings=history.settings(current) if current else None), rendering)
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from orchestrator.core.errors import StateError
-from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, to_plain
+from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
@@ -237,9 +237,7 @@ class History:
             agents = {a.name: to_plain(a) for a in manifests.agents}
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
             # what the exporter needs of the settings (its notification targets, its forecast horizon), beside the agents
-            settings = {"project": manifests.settings.project, "notifications": to_plain(manifests.settings.notifications),
-                        "exporter": to_plain(manifests.settings.exporter)}
-            write_atomically(os.path.join(scratch, SETTINGS), json.dumps(settings, indent=1, sort_keys=True))
+            write_atomically(os.path.join(scratch, SETTINGS), json.dumps(kept_settings(manifests), indent=1, sort_keys=True))
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
                     "manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir, "status": "applying"}
             write_atomically(os.path.join(scratch, "version.json"), json.dumps(meta, indent=1))

@@ -148,3 +148,27 @@ def _environ_of(pid: int) -> dict[str, str]:
         return psutil.Process(pid).environ()
     except psutil.Error:
         return {}
+
+
+def test_a_change_of_the_settings_alone_is_planned_applied_as_a_version_and_restarts_only_the_exporter(project):
+    """Regression: changing orchestrator.yaml's exporter settings or notifications alone was "Nothing to do", so
+    the exporter kept its old settings and the daemons their old notification targets."""
+    project.toy("feed", free_ports(1)[0])
+    project.run("up", check=True)
+    before = project.pids()
+
+    def exporter_pid() -> int:
+        return next(p.pid for p in client_for(load(LoadOptions(str(project.manifests)))).processes() if p.group == "_exporter")
+
+    exporter = exporter_pid()
+    settings = project.manifests / "orchestrator.yaml"
+    settings.write_text(settings.read_text().replace("}", ", interval: 2s}")
+                        + "notifications:\n  - {name: desk, url: \"http://127.0.0.1:9/hook\"}\n")
+    planned = project.run("plan")
+    assert planned.returncode == 2 and "settings (exporter, notifications)" in planned.stdout, planned.stdout
+    applied = project.run("apply", check=True)
+    assert "Applied as version 2" in applied.stdout, applied.stdout + applied.stderr
+    assert json.loads((project.state / "current" / "settings.json").read_text())["exporter"]["interval"] == 2.0
+    assert project.pids() == before                    # no agent restarted
+    wait_until(lambda: exporter_pid() not in (0, exporter), 20, message="the exporter to restart with its new settings")
+    assert project.run("plan").returncode == 0         # and nothing is pending any more

@@ -146,3 +146,25 @@ def test_the_fingerprint_changes_with_the_desired_state_and_the_live_version():
     assert _fingerprint(hashes={"feed": "f2", "calc": "c1"}) != base, "another configuration hash"
     assert _fingerprint(last_agents={"feed": env_feed, "calc": calc}) != base, "another apply changed the live version"
     assert _fingerprint(last_agents=None, last_programs=None) != base, "no live version"
+
+
+def test_a_change_of_the_kept_settings_alone_is_pending_restarts_nothing_and_is_recorded():
+    """Regression: a change of orchestrator.yaml's notifications (or the exporter's settings) alone was "Nothing to
+    do": no version was recorded, so the daemons kept the old notification targets until some agent changed."""
+    from dataclasses import replace
+
+    from orchestrator.core.model import Notification, kept_settings
+    feed = _agent("feed")
+    before = _set(feed)
+    after = replace(before, settings=replace(before.settings, notifications=(Notification(name="desk", url="http://127.0.0.1:9/h"),)))
+    kept = json.loads(json.dumps(kept_settings(before)))   # as the live version keeps it on disk
+    same = plan(before, _programs(feed), Observed.of([_proc("feed")]), {"feed": feed}, _programs(feed), last_settings=kept)
+    assert not same.pending and same.settings == ()
+    changed = plan(after, _programs(feed), Observed.of([_proc("feed")]), {"feed": feed}, _programs(feed), last_settings=kept)
+    assert changed.pending and changed.changes_config and changed.settings == ("notifications",)
+    assert [a.kind for a in changed.actions] == ["unchanged"]   # no agent restarts
+    assert changed.fingerprint != same.fingerprint
+    assert json.loads(changed.to_json())["settings"] == ["notifications"]
+    assert any("settings (notifications)" in line for line, _ in to_lines(changed))
+    # nothing applied yet: the first apply records everything anyway, and no setting is called changed
+    assert plan(after, _programs(feed), Observed.of([]), None, None).settings == ()

@@ -127,6 +127,9 @@ class Keeper:
     def _on_comm(self, body: str, serial: str) -> None:
         try:
             message = json.loads(body)
+            if message.get("kind") == "removed":   # from apply: agents it removed (see _forget_removed)
+                self._forget_removed()
+                return
             name, detail = str(message["agent"]), str(message.get("detail", ""))
             if message.get("kind") == "limit":  # from the exporter: handled by the worker, like a liveness failure
                 self.submit(LimitReached(name, reason=str(message["reason"]), detail=detail,
@@ -233,6 +236,21 @@ class Keeper:
         if isinstance(action, RaiseAlert):
             self.log(f"{name}: ALERT: {summary}")
         self._guarded(self.notifications.submit, record)   # a notification problem never fails the event
+
+    def _forget_removed(self) -> None:
+        """Resolve the exit alerts of agents the live version no longer declares (nobody else would): asked by
+        apply when it removes agents (sequencer.report_removed)."""
+        declared = self.agents()
+        for alert in alerts.active(self.state_dir):
+            if alert.metric == "exit" and alert.agent not in declared:
+                record = alerts.AlertRecord(key=alert.key, agent=alert.agent, metric="exit", level=alert.level,
+                                            kind="resolved", value=0.0, threshold=0.0, at=time.time(),
+                                            summary=f"{alert.agent} exit alert resolved: no longer declared")
+                try:
+                    alerts.record(self.state_dir, record)
+                except OSError as exc:
+                    self.log(f"{alert.agent}: the alert could not be recorded: {exc}")
+                self._guarded(self.notifications.submit, record)
 
     def _stop_then(self, names: list[str], depends_on: Mapping[str, Sequence[str]], *,
                    then: Callable[[], None] = lambda: None) -> None:

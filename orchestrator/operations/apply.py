@@ -37,7 +37,7 @@ from orchestrator.core.errors import OrchestratorError, not_running_message
 from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
-from orchestrator.operations.sequencer import Result, Sequencer
+from orchestrator.operations.sequencer import Result, Sequencer, report_removed
 from orchestrator.operations.stopping import stop_in_order
 
 Confirm = Callable[[Plan, Plan], bool]
@@ -156,6 +156,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
             if name not in report.stop_failures:
                 client.remove_group(name)
                 emit(StopEvent(name, "removed"))
+        report_removed(client, [n for n in removing if n not in report.stop_failures])
     replacing = result.names("replace")
     if replacing:
         deps = {a.name: a.depends_on for a in manifests.agents}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -98,6 +98,13 @@ def report_limit(client: Client, agent: str, *, reason: str, detail: str, action
     """
     client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "limit", "agent": agent, "reason": reason,
                                                    "detail": detail, "action": action}))
+
+
+def report_removed(client: Client, agents: Sequence[str]) -> None:
+    """apply removed `agents`: the keeper resolves what it holds open for them (their exit alerts).
+
+    Sent through supervisord like `report_not_ready`: a removed agent that was already down makes no event."""
+    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "removed", "agents": list(agents)}))
 
 
 class _Watch:

@@ -243,9 +243,17 @@ def test_a_manual_policy_agents_exit_alert_and_its_resolution_reach_the_notifica
         notifications:
           - {{name: moved, url: "{webhook.url('/moved')}", min_severity: critical}}
     """)
-    project.write("agents/idle.yaml", 'name: idle\ncommand: ["sleep", "600"]\n')   # an agent added: apply records a version
-    project.run("apply", check=True)
+    project.run("apply", check=True)   # the settings alone changed: a version is recorded all the same
     os.kill(project.pids()["batch"], signal.SIGKILL)
     wait_until(lambda: webhook.received("/moved"), 15, message="the next exit alert at the new target")
     assert [(b["agent"], b["kind"]) for b in webhook.received("/moved")] == [("batch", "firing")]
     assert len(webhook.received("/desk")) == 2 and webhook.received("/pager") == []
+
+    # the agent removed while its alert fires: the keeper resolves it (nobody else would)
+    project.write("agents/idle.yaml", 'name: idle\ncommand: ["sleep", "600"]\n')   # a project keeps one agent
+    project.remove("agents/batch.yaml")
+    project.run("apply", "--yes", check=True)
+    wait_until(lambda: len(webhook.received("/moved")) >= 2, 15, message="the removed agent's alert to resolve")
+    assert [(b["agent"], b["kind"]) for b in webhook.received("/moved")] == [("batch", "firing"), ("batch", "resolved")]
+    active = json.loads(project.run("alerts", "--output", "json", check=True).stdout)["active"]
+    assert not [a for a in active if a["agent"] == "batch"], active

@@ -137,3 +137,33 @@ def test_prometheus_scrapes_every_family_by_agent_and_a_removed_agent_disappears
     wait_until(lambda: not prometheus.query('{agent="calc"}'), 30, message="calc's series gone from Prometheus")
     assert prometheus.names('{agent="feed"}') >= PER_AGENT
 
+
+
+def test_an_operators_restart_is_counted_with_reason_operator_in_the_keepers_record_status_and_the_metrics(project):
+    """`orchestrator restart NAME`: one restart with reason `operator` in the keeper's record and in
+    orchestrator_agent_restarts_total, never a crash (status's restarts are the policy's, and stay 0); an agent that
+    nothing restarted shows zeros for every reason."""
+    port = free_ports(1)[0]
+    project.write("orchestrator.yaml", f'project: test\nexporter: {{listen: "127.0.0.1:{port}", interval: 1s}}\n')
+    feed, calc = free_ports(2)
+    project.toy("feed", feed)
+    project.toy("calc", calc)
+    project.run("up", check=True)
+    project.run("restart", "feed", "--no-deps", "--yes", check=True)
+    assert project.runtime("feed")["restart_reasons"] == {"operator": 1}
+    rows = {r["agent"]: r for r in json.loads(project.run("status", "--output", "json").stdout)}
+    assert rows["feed"]["restarts"] == 0 and rows["feed"]["restarts_in_window"] == 0   # status counts the policy's
+
+    def counted() -> dict[tuple[str, str], float]:
+        found = {}
+        for line in _exported(port).splitlines():
+            if line.startswith("orchestrator_agent_restarts_total{"):
+                labels, value = line[len("orchestrator_agent_restarts_total{"):].rsplit("} ", 1)
+                pairs = dict(part.split("=", 1) for part in labels.split(","))
+                found[(pairs["agent"].strip('"'), pairs["reason"].strip('"'))] = float(value)
+        return found
+
+    wait_until(lambda: counted().get(("feed", "operator")) == 1.0, 15, message="the operator restart in the metrics")
+    seen = counted()
+    assert {reason for (agent, reason), value in seen.items() if agent == "feed" and value} == {"operator"}
+    assert all(value == 0.0 for (agent, _), value in seen.items() if agent == "calc")

@@ -52,3 +52,14 @@ def test_the_pinned_exporter_path_loads():
     probe = f"import json, {EXPORTER_MODULE} as exporter; print(json.dumps(callable(exporter.main)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(done.stdout) is True
+
+
+def test_every_package_of_the_source_tree_is_listed_for_installation():
+    """pyproject lists the packages by name: a sub-package left out works in an editable install and is missing
+    from a built one (interfaces.commands was)."""
+    import tomllib
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "orchestrator").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

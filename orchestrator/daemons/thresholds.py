@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from orchestrator.core import alerts as rules_
 from orchestrator.core.forecast import Fit, Forecast, Predicted, Window, fit, forecast, predicted
@@ -182,7 +183,7 @@ class Thresholds:
                 window = self.windows.get(key)
                 self.windows[key] = (window if window is not None else _window(self.horizon)).add(now, value, o.run)
             window = self.windows.get(key)
-            fc = forecast(window, float(limit), self.horizon, now, fit_of=lambda samples, key=key: self._fit(key, samples)) \
+            fc = forecast(window, float(limit), self.horizon, now, fit_of=partial(self._fit, key)) \
                 if window is not None and o.up else None
             if fc is None:
                 self.forecasts.pop(key, None)

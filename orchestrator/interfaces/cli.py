@@ -60,6 +60,7 @@ COMMANDS = {
     "emergency-clear": "control:emergency_clear_command",
     "recommend": "advice:recommend_command",
     "rules": "prometheus:rules_command", "prometheus-config": "prometheus:prometheus_config_command",
+    "backup": "backups:backup_command", "restore": "backups:restore_command",
 }
 
 

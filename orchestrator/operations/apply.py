@@ -9,6 +9,7 @@ Under the state directory's lock:
     render and plan again -> the fingerprint differs from the plan shown? ask `confirm`
                              (the plan shown, the new plan): carry out the new one, or
                              raise PlanChangedError, touching nothing
+      -> archive the live version in STATE/backups (operations.backups; a failure is a note, never fatal)
       -> record a version (atomic swap of `current`) -> reloadConfig
       -> stop and remove removed agents, dependents first (a group that fails to stop is not removed)
       -> replace changed agents: stop, remove, add (nothing else restarts: each agent is its own group)
@@ -37,6 +38,7 @@ from orchestrator.core.errors import OrchestratorError, not_running_message
 from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
+from orchestrator.operations import backups
 from orchestrator.operations.sequencer import Result, Sequencer, report_removed
 from orchestrator.operations.stopping import stop_in_order
 
@@ -139,6 +141,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
                 live.agents[name] = live.agent(name).cleared()
     previous = history.current()
     if result.changes_config or previous is None:
+        backups.before_record(history, previous, emit=emit)  # the version that stops being live, kept in STATE/backups
         report.version = history.record(manifests, rendering, message=message)
     version = report.version
     if not result.pending:

@@ -21,16 +21,17 @@ from typing import IO
 LOCK_POLL = 0.02  # seconds between attempts while a bounded wait for a lock lasts
 
 
-def write_atomically(path: str, text: str, *, durable: bool = True) -> None:
-    """Replace the file at `path` with `text`: a reader sees the old file or the new one, whole.
+def write_atomically(path: str, text: str | bytes, *, durable: bool = True) -> None:
+    """Replace the file at `path` with `text` (bytes are written as they are): a reader sees the old file or the
+    new one, whole.
 
     `durable`: on disk before the rename (fsync), so a crash of the machine leaves one or the other too; off for
     a file rewritten every few seconds that nothing needs after a crash (a cache)."""
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -60,6 +60,8 @@ COMMANDS = {
     "emergency-clear": "control:emergency_clear_command",
     "recommend": "advice:recommend_command",
     "rules": "prometheus:rules_command", "prometheus-config": "prometheus:prometheus_config_command",
+    "history": "versions:history_command", "show": "versions:show_command", "diff": "versions:diff_command",
+    "rollback": "versions:rollback_command", "tag": "versions:tag_command",
 }
 
 

@@ -37,6 +37,7 @@ from orchestrator.core.errors import OrchestratorError, not_running_message
 from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
+from orchestrator.core.versions import next_semver
 from orchestrator.operations.sequencer import Result, Sequencer, report_removed
 from orchestrator.operations.stopping import stop_in_order
 
@@ -103,24 +104,29 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
-          emit: Emit = ignore, client: Client | None = None) -> ApplyReport:
+          emit: Emit = ignore, client: Client | None = None, command: str = "apply",
+          rollback_of: int | None = None) -> ApplyReport:
     """Carry out `shown`, the plan computed (by `compute`) for `manifests` and shown to the operator.
 
     Under the apply lock the plan is computed again; when its fingerprint
     differs from `shown`'s, the new plan is carried out only if `confirm`
     accepts it, else PlanChangedError is raised and nothing is touched
     (without `confirm`, always). Raises ApplyError unless every agent ends ready.
+    `command` is recorded with the version (see converge); `rollback_of`: this apply is a rollback to that
+    version, recorded as a version even when nothing changes.
     """
     client = client or client_for(manifests)
     history = History(manifests.state_dir)
     with history.lock():
         if not client.is_running():
             raise NotRunningError(not_running_message(manifests.state_dir))
-        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit)
+        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit,
+                        command=command, rollback_of=rollback_of)
 
 
 def converge(manifests: ManifestSet, client: Client, history: History, *, shown: Plan | None = None,
-             confirm: Confirm | None = None, message: str = "", emit: Emit = ignore) -> ApplyReport:
+             confirm: Confirm | None = None, message: str = "", emit: Emit = ignore, command: str = "apply",
+             rollback_of: int | None = None) -> ApplyReport:
     """apply's work, for a caller that holds the state directory's lock and knows supervisord runs.
 
     With `shown`, the plan computed here must have its fingerprint, or `confirm` accept the new plan
@@ -138,10 +144,14 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
             for name in edited:
                 live.agents[name] = live.agent(name).cleared()
     previous = history.current()
-    if result.changes_config or previous is None:
-        report.version = history.record(manifests, rendering, message=message)
+    if result.changes_config or previous is None or rollback_of is not None:
+        semver = next_semver(previous.semver if previous else None, result, previous.agents if previous else None)
+        report.version = history.record(manifests, rendering, message=message, command=command, semver=semver,
+                                        rollback_of=rollback_of)
     version = report.version
     if not result.pending:
+        if version is not None:
+            history.mark(version, "applied")
         emit(Note("Nothing to do: every agent is unchanged and running."))
         return report
     added, changed, removed = client.reload_config()

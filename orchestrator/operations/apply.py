@@ -17,10 +17,11 @@ Under the state directory's lock:
       -> mark the version applied or failed
 
 Unchanged agents are never touched and keep their PID. Called by the cli
-(apply, and up through `converge`) with a valid manifest set; rollback and a
-file watcher, later, call `apply` with the plan they computed: rollback is
-apply of an older version's stored manifests, which load as the live set did
-(see ManifestSet.project_dir), so only what differs restarts.
+(apply, and up through `converge`) with a valid manifest set; rollback
+(operations.rollback) and, later, a file watcher call `apply` with the plan they
+computed: rollback is apply of an older version's stored manifests, which load
+as the live set did (see ManifestSet.project_dir), so only what differs restarts.
+Each version recorded carries the semver of the plan carried out (core.versions).
 """
 
 from __future__ import annotations

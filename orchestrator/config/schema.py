@@ -200,6 +200,14 @@ _settings_fields: dict[str, Field] = {
     }, build=model.Grafana, what="a grafana mapping"), "Grafana settings", default=model.Grafana()),
     "defaults": Field(AnyMapping(what="a mapping of agent fields"), "agent fields every agent inherits (below any template)",
                       default=model.EMPTY),
+    "history": Field(Record(fields={
+        "keep": Field(Int(min=1), "the newest versions kept (tagged ones, the live one and the last applied one always are)",
+                      default=model.HistorySettings.keep),
+    }, build=model.HistorySettings, what="a history mapping"), "versions kept", default=model.HistorySettings()),
+    "apply": Field(Record(fields={
+        "rollback_on_failure": Field(Bool(), "roll back to the last applied version when an agent apply changed is not ready",
+                                     default=model.ApplySettings.rollback_on_failure),
+    }, build=model.ApplySettings, what="an apply mapping"), "apply's defaults", default=model.ApplySettings()),
 }
 
 SETTINGS = Record(fields=_settings_fields, build=model.Settings, what="a settings mapping",

@@ -179,6 +179,16 @@ class Grafana:
 
 
 @dataclass(frozen=True)
+class HistorySettings:
+    keep: int = 50               # the newest versions kept (besides tagged ones, the live one and the last applied one)
+
+
+@dataclass(frozen=True)
+class ApplySettings:
+    rollback_on_failure: bool = False   # the default of `apply --rollback-on-failure`
+
+
+@dataclass(frozen=True)
 class Settings:
     """The global settings of `orchestrator.yaml` (with the environment overlay applied)."""
 
@@ -189,6 +199,8 @@ class Settings:
     notifications: tuple[Notification, ...] = ()
     grafana: Grafana = field(default_factory=Grafana)
     defaults: Mapping[str, Any] = field(default_factory=_empty)
+    history: HistorySettings = field(default_factory=HistorySettings)
+    apply: ApplySettings = field(default_factory=ApplySettings)
 
 
 # A stored copy of a manifest set (history's `manifests/` of a version) holds this file, naming the

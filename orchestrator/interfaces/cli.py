@@ -61,6 +61,8 @@ COMMANDS = {
     "recommend": "advice:recommend_command",
     "rules": "prometheus:rules_command", "prometheus-config": "prometheus:prometheus_config_command",
     "backup": "backups:backup_command", "restore": "backups:restore_command",
+    "history": "versions:history_command", "show": "versions:show_command", "diff": "versions:diff_command",
+    "rollback": "versions:rollback_command", "tag": "versions:tag_command",
 }
 
 

@@ -18,10 +18,11 @@ Under the state directory's lock:
       -> mark the version applied or failed
 
 Unchanged agents are never touched and keep their PID. Called by the cli
-(apply, and up through `converge`) with a valid manifest set; rollback and a
-file watcher, later, call `apply` with the plan they computed: rollback is
-apply of an older version's stored manifests, which load as the live set did
-(see ManifestSet.project_dir), so only what differs restarts.
+(apply, and up through `converge`) with a valid manifest set; rollback
+(operations.rollback) and, later, a file watcher call `apply` with the plan they
+computed: rollback is apply of an older version's stored manifests, which load
+as the live set did (see ManifestSet.project_dir), so only what differs restarts.
+Each version recorded carries the semver of the plan carried out (core.versions).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from orchestrator.state.history import History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations import backups
+from orchestrator.core.versions import next_semver
 from orchestrator.operations.sequencer import Result, Sequencer, report_removed
 from orchestrator.operations.stopping import stop_in_order
 
@@ -105,24 +107,29 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
-          emit: Emit = ignore, client: Client | None = None) -> ApplyReport:
+          emit: Emit = ignore, client: Client | None = None, command: str = "apply",
+          rollback_of: int | None = None) -> ApplyReport:
     """Carry out `shown`, the plan computed (by `compute`) for `manifests` and shown to the operator.
 
     Under the apply lock the plan is computed again; when its fingerprint
     differs from `shown`'s, the new plan is carried out only if `confirm`
     accepts it, else PlanChangedError is raised and nothing is touched
     (without `confirm`, always). Raises ApplyError unless every agent ends ready.
+    `command` is recorded with the version (see converge); `rollback_of`: this apply is a rollback to that
+    version, recorded as a version even when nothing changes.
     """
     client = client or client_for(manifests)
     history = History(manifests.state_dir)
     with history.lock():
         if not client.is_running():
             raise NotRunningError(not_running_message(manifests.state_dir))
-        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit)
+        return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit,
+                        command=command, rollback_of=rollback_of)
 
 
 def converge(manifests: ManifestSet, client: Client, history: History, *, shown: Plan | None = None,
-             confirm: Confirm | None = None, message: str = "", emit: Emit = ignore) -> ApplyReport:
+             confirm: Confirm | None = None, message: str = "", emit: Emit = ignore, command: str = "apply",
+             rollback_of: int | None = None) -> ApplyReport:
     """apply's work, for a caller that holds the state directory's lock and knows supervisord runs.
 
     With `shown`, the plan computed here must have its fingerprint, or `confirm` accept the new plan
@@ -140,11 +147,15 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
             for name in edited:
                 live.agents[name] = live.agent(name).cleared()
     previous = history.current()
-    if result.changes_config or previous is None:
+    if result.changes_config or previous is None or rollback_of is not None:
         backups.before_record(history, previous, emit=emit)  # the version that stops being live, kept in STATE/backups
-        report.version = history.record(manifests, rendering, message=message)
+        semver = next_semver(previous.semver if previous else None, result, previous.agents if previous else None)
+        report.version = history.record(manifests, rendering, message=message, command=command, semver=semver,
+                                        rollback_of=rollback_of)
     version = report.version
     if not result.pending:
+        if version is not None:
+            history.mark(version, "applied")
         emit(Note("Nothing to do: every agent is unchanged and running."))
         return report
     added, changed, removed = client.reload_config()

@@ -28,7 +28,8 @@ from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.errors import StateError
 from orchestrator.operations.reach import refuse_if_hung, socket_of
 from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
-from orchestrator.core.model import ManifestSet
+from orchestrator.core.model import ManifestSet, kept_settings
+from orchestrator.core.versions import FIRST, Side, between, next_semver
 
 START_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 60.0
@@ -72,7 +73,7 @@ def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
 
 
 def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | None = None, message: str = "",
-       emit: Emit = ignore) -> ApplyReport:
+       emit: Emit = ignore, command: str = "up") -> ApplyReport:
     """Start supervisord if it is not running, then apply.
 
     `shown` and `confirm`: the plan shown to the operator when supervisord was already running,
@@ -89,16 +90,29 @@ def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | 
         if not client.is_running():
             rendering = render.render(manifests)
             current = history.current()
-            if current is None or current.main != rendering.main or \
-                    current.programs != {a.name: rendering.program(a.name) for a in manifests.agents}:
-                history.record(manifests, rendering, message=message or "up")
+            programs = {a.name: rendering.program(a.name) for a in manifests.agents}
+            if current is None or current.main != rendering.main or current.programs != programs:
+                history.record(manifests, rendering, message=message or "up", command=command,
+                               semver=_semver(history, manifests, programs))
             start_supervisord(manifests.state_dir, client, emit=emit)
             leave_claim(manifests.state_dir, client.pid())
-        report = converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit)
+        report = converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit,
+                          command=command)
         current = history.current()
         if current is not None and current.status != "applied" and report.ok:
             history.mark(current, "applied")
         return report
+
+
+def _semver(history: History, manifests: ManifestSet, programs: dict[str, str]) -> str:
+    """The semantic version of `manifests` recorded over the live version, with no supervisord to plan against:
+    the plan of its agents against the live version's (core.versions.between)."""
+    current = history.current()
+    if current is None:
+        return FIRST
+    change = between(Side("", current.agents, current.programs, history.settings(current)),
+                     Side("", {a.name: a for a in manifests.agents}, programs, kept_settings(manifests)))
+    return next_semver(current.semver, change, current.agents)
 
 
 def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:

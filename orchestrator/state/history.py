@@ -6,12 +6,14 @@ Owned here: the state directory's layout and its atomic updates.
       supervisord.conf -> current/supervisord.conf   what supervisord runs from (a stable path)
       current -> history/0007                        the live version; replaced by one atomic rename
       history/0007/
-        version.json        number, time, message, environment, status (applying, applied, failed)
+        version.json        number, time, message, environment, status (applying, applied, failed), and
+                            semver, user, command (apply, up, rollback...), content hash, rollback_of
         agents.json         the resolved agents, for plan and the boot listener
         supervisord.conf    the rendered configuration ...
         programs/NAME.conf  ... one file per agent
         manifests/          the manifest files as they were applied, and
           .orchestrator-origin.json   the manifests directory they were copied from and its project root
+      history/tags.json   tag -> version number (tagged versions are never deleted by retention)
       logs/, supervisor.sock, supervisord.pid, apply.lock
 
 The origin file (`model.ORIGIN_FILE`) is owned here: history writes it into
@@ -25,6 +27,9 @@ A version directory is written whole under a temporary name, then renamed into
 place; `current` is then repointed by renaming a new symlink over it. A kill -9
 at any moment leaves either the old or the new version live, never a mix.
 
+After a version is recorded, retention (`prune`, settings `history.keep`) deletes the oldest versions
+beyond the newest `keep`, never a tagged one, the live one or the newest applied one.
+
 Called by apply (record, mark), plan (current), lifecycle (up, down) and the
 boot listener (current's agents).
 """
@@ -32,6 +37,7 @@ boot listener (current's agents).
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import shutil
@@ -45,12 +51,14 @@ from typing import Any, Protocol
 from orchestrator.core.errors import StateError
 from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
+from orchestrator.core.versions import check_tag, content_hash, to_prune
 from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
 CURRENT = "current"
 SETTINGS = "settings.json"
 LOCK = "apply.lock"
+TAGS = "tags.json"
 _MANIFEST_PARTS = ("orchestrator.yaml", "agents", "templates", "env")
 
 
@@ -67,6 +75,11 @@ class Version:
     main: str
     manifests_dir: str = ""   # the manifest set's origin (ManifestSet.origin_dir)
     project_dir: str = ""     # where the agents' relative paths resolve (ManifestSet.project_dir)
+    semver: str = ""          # core.versions.next_semver of the change that made it ("" before versions had one)
+    user: str = ""            # the OS user who made it
+    command: str = ""         # apply, up, rollback, watch...
+    content_hash: str = ""    # core.versions.content_hash of its stored manifests and rendered files
+    rollback_of: int | None = None   # a rollback's: the version it returns to
 
     @property
     def label(self) -> str:
@@ -212,10 +225,16 @@ class History:
             raise StateError(f"cannot read version {path}: {exc}") from exc
         return Version(number=meta["number"], path=path, created=meta["created"], message=meta.get("message", ""),
                        env=meta.get("env"), status=meta.get("status", "applied"), agents=agents, programs=programs, main=main,
-                       manifests_dir=meta.get("manifests_dir", ""), project_dir=_project_dir(meta, path))
+                       manifests_dir=meta.get("manifests_dir", ""), project_dir=_project_dir(meta, path),
+                       semver=meta.get("semver", ""), user=meta.get("user", ""), command=meta.get("command", ""),
+                       content_hash=meta.get("content_hash", ""), rollback_of=meta.get("rollback_of"))
 
-    def record(self, manifests: ManifestSet, rendering: RenderedFiles, *, message: str = "") -> Version:
-        """Write a new version and make it live (the caller holds the lock)."""
+    def record(self, manifests: ManifestSet, rendering: RenderedFiles, *, message: str = "", command: str = "apply",
+               semver: str = "", rollback_of: int | None = None) -> Version:
+        """Write a new version and make it live, then apply retention (the caller holds the lock).
+
+        `semver`: of the change (core.versions.next_semver); `command`: what made it; `rollback_of`: the version
+        a rollback returns to."""
         os.makedirs(self.root, exist_ok=True)
         number = (self.numbers() or [0])[-1] + 1
         final = os.path.join(self.root, f"{number:04d}")
@@ -238,8 +257,12 @@ class History:
             write_atomically(os.path.join(scratch, "agents.json"), json.dumps(agents, indent=1, sort_keys=True))
             # what the exporter needs of the settings (its notification targets, its forecast horizon), beside the agents
             write_atomically(os.path.join(scratch, SETTINGS), json.dumps(kept_settings(manifests), indent=1, sort_keys=True))
+            content = {**{rel: text.encode("utf-8") for rel, text in rendering.files.items()},
+                       **{f"manifests/{rel}": data for rel, data in read_manifest_files(snapshot).items()}}
             meta = {"number": number, "created": time.time(), "message": message, "env": manifests.env,
-                    "manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir, "status": "applying"}
+                    "manifests_dir": manifests.origin_dir, "project_dir": manifests.project_dir, "status": "applying",
+                    "semver": semver, "user": _user(), "command": command, "content_hash": content_hash(content),
+                    "rollback_of": rollback_of}
             write_atomically(os.path.join(scratch, "version.json"), json.dumps(meta, indent=1))
             os.rename(scratch, final)
         except BaseException:
@@ -248,6 +271,8 @@ class History:
         point(os.path.join(self.state_dir, CURRENT), os.path.join(HISTORY, f"{number:04d}"))
         if not os.path.islink(self.config_path):
             point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))
+        with contextlib.suppress(OSError):  # an old version that cannot be deleted costs space, never the apply
+            self.prune(manifests.settings.history.keep)
         return self._read(final)
 
     def settings(self, version: Version) -> dict[str, Any]:
@@ -266,3 +291,102 @@ class History:
             meta = json.load(handle)
         meta.update(status=status, **details)
         write_atomically(path, json.dumps(meta, indent=1))
+
+    # --- metadata, tags and retention -----------------------------------------------
+
+    def meta(self, number: int) -> dict[str, Any]:
+        """Version `number`'s version.json alone (no agents read): what `history` lists."""
+        path = os.path.join(self.root, f"{number:04d}", "version.json")
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read {path}: {exc}") from exc
+        return data if isinstance(data, dict) else {}
+
+    def live_number(self) -> int | None:
+        try:
+            target = os.readlink(os.path.join(self.state_dir, CURRENT))
+        except OSError:
+            return None
+        name = os.path.basename(os.path.normpath(target))
+        return int(name) if name.isdigit() else None
+
+    def tags(self) -> dict[str, int]:
+        """tag -> version number ({} when nothing was tagged)."""
+        try:
+            with open(os.path.join(self.root, TAGS), encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read {os.path.join(self.root, TAGS)}: {exc}") from exc
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def tag(self, number: int, name: str, *, force: bool = False) -> int | None:
+        """Tag version `number` as `name` (the caller holds the lock); the version the tag was moved from, if any."""
+        problem = check_tag(name)
+        if problem:
+            raise StateError(f"cannot tag as {name!r}: {problem}")
+        self.get(number)  # a clear error naming the versions there are
+        tags = self.tags()
+        before = tags.get(name)
+        if before is not None and before != number and not force:
+            raise StateError(f"tag {name!r} is on version {before}; --force moves it to version {number}")
+        tags[name] = number
+        write_atomically(os.path.join(self.root, TAGS), json.dumps(tags, indent=1, sort_keys=True) + "\n")
+        return before if before != number else None
+
+    def prune(self, keep: int) -> list[int]:
+        """Delete the oldest versions beyond the newest `keep` (the caller holds the lock): never a tagged one, the
+        live one, nor the newest applied one (what a rollback on failure returns to). The versions deleted."""
+        numbers = self.numbers()
+        if len(numbers) <= keep:
+            return []
+        protected = set(self.tags().values())
+        live = self.live_number()
+        if live is not None:
+            protected.add(live)
+        for number in reversed(numbers):
+            with contextlib.suppress(StateError):
+                if self.meta(number).get("status") == "applied":
+                    protected.add(number)
+                    break
+        doomed = to_prune(numbers, keep=keep, protected=protected)
+        for number in doomed:
+            # renamed away first: a kill during the delete never leaves a half version under a version's name
+            gone = tempfile.mkdtemp(dir=self.root, prefix=".tmp-deleted-")
+            os.rename(os.path.join(self.root, f"{number:04d}"), os.path.join(gone, "v"))
+            shutil.rmtree(gone, ignore_errors=True)
+        return doomed
+
+    def stored_files(self, version: Version) -> dict[str, bytes]:
+        """The manifest files version `version` stored, by path relative to its manifests directory."""
+        return read_manifest_files(os.path.join(version.path, "manifests"))
+
+
+def read_manifest_files(manifests_dir: str) -> dict[str, bytes]:
+    """The files of a manifest set as a version stores them (orchestrator.yaml, agents/, templates/, env/), by
+    relative path, as bytes."""
+    found: dict[str, bytes] = {}
+    for part in _MANIFEST_PARTS:
+        top = os.path.join(manifests_dir, part)
+        if os.path.isfile(top):
+            paths = [top]
+        else:
+            paths = sorted(os.path.join(d, n) for d, _, names in os.walk(top) for n in names)
+        for path in paths:
+            try:
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, manifests_dir)] = handle.read()
+            except OSError as exc:
+                raise StateError(f"cannot read {path}: {exc}") from exc
+    return found
+
+
+def _user() -> str:
+    """The OS user running orchestrator (its uid when it has no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())

@@ -83,8 +83,11 @@ def plan_command(options: Options, output: str) -> None:
 @click.option("-M", "--message", default="", help="A note recorded with the version (see history).")
 @click.option("--yes", is_flag=True, help="Do not ask before stopping agents, nor again when the plan changed "
                                            "since it was shown (it says so, and shows the plan it carries out).")
+@click.option("--rollback-on-failure/--no-rollback-on-failure", default=None,
+              help="When an agent this apply changed does not become ready, roll back to the last applied version "
+                   "(default: orchestrator.yaml's apply.rollback_on_failure, else off). Exit 1 either way.")
 @click.pass_obj
-def apply_command(options: Options, message: str, yes: bool) -> None:
+def apply_command(options: Options, message: str, yes: bool, rollback_on_failure: bool | None) -> None:
     """Make the running agents match the manifests.
 
     Validates first (nothing is touched when a manifest is invalid), then
@@ -98,16 +101,21 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
     that failed and why.
     """
     manifests = options.load()
+    if rollback_on_failure is None:
+        rollback_on_failure = manifests.settings.apply.rollback_on_failure
     client = client_for(manifests)
     result, _ = compute(manifests, client)
     _print_plan(result)
     if not result.pending:
         return
     _confirm_destructive(result, yes)
+    emit = renderer(graph.Graph.of(manifests))
     try:
-        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message,
-                       emit=renderer(graph.Graph.of(manifests)), client=client)
+        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client)
     except ApplyError as exc:
+        if rollback_on_failure:
+            from orchestrator.interfaces.commands.versions import roll_back_after
+            roll_back_after(exc, manifests, emit)
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)
 

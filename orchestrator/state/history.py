@@ -7,6 +7,7 @@ Owned here: the state directory's layout and its atomic updates.
       current -> history/0007                        the live version; replaced by one atomic rename
       history/0007/
         version.json        number, time, message, environment, status (applying, applied, failed)
+        rendered.json       the hash of each rendered file (state.rendered: drift)
         agents.json         the resolved agents, for plan and the boot listener
         supervisord.conf    the rendered configuration ...
         programs/NAME.conf  ... one file per agent
@@ -45,6 +46,7 @@ from typing import Any, Protocol
 from orchestrator.core.errors import StateError
 from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
+from orchestrator.state import rendered
 from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
@@ -222,6 +224,7 @@ class History:
         scratch = tempfile.mkdtemp(dir=self.root, prefix=".tmp-")
         try:
             write_tree(scratch, rendering.files)
+            rendered.record(scratch, rendering.files)   # each file's hash: a hand edit shows as drift
             snapshot = os.path.join(scratch, "manifests")
             os.makedirs(snapshot)
             for part in _MANIFEST_PARTS:

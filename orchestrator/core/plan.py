@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from orchestrator.core.drift import Drift
 from orchestrator.core.names import is_internal
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, kept_settings, to_plain
@@ -69,6 +70,7 @@ class Action:
     agent: str
     fields: tuple[str, ...] = ()
     reason: str = ""
+    outside: bool = False   # a replace that puts back drift (core.drift): the live version stays, none is recorded
 
     def as_dict(self) -> dict[str, object]:
         return {"action": self.kind, "agent": self.agent, "fields": list(self.fields), "reason": self.reason}
@@ -80,6 +82,7 @@ class Plan:
     supervisord_running: bool = True
     fingerprint: str = ""   # of the desired and observed state the plan was computed from; see `fingerprint`
     settings: tuple[str, ...] = ()   # the kept settings that changed since the live version (no agent restarts)
+    drift: tuple[Drift, ...] = ()    # what was changed outside orchestrator since the last apply (core.drift)
 
     def of_kind(self, *kinds: Kind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind in kinds)
@@ -90,23 +93,26 @@ class Plan:
     @property
     def pending(self) -> bool:
         """Something to do: exit status 2 for `orchestrator plan`."""
-        return bool(self.settings) or any(a.kind != "unchanged" for a in self.actions)
+        return bool(self.settings) or bool(self.drift) or any(a.kind != "unchanged" for a in self.actions)
 
     @property
     def changes_config(self) -> bool:
-        return bool(self.settings) or any(a.kind in CHANGES for a in self.actions)
+        return bool(self.settings) or any(a.kind in CHANGES and not a.outside for a in self.actions)
 
     def summary(self) -> str:
         counts = [f"{len(self.of_kind(k))} to {k}" if k != "unchanged" else f"{len(self.of_kind(k))} unchanged"
                   for k in KINDS if self.of_kind(k)]
         if self.settings:
             counts.append(f"settings changed ({', '.join(self.settings)})")
+        if self.drift:
+            counts.append(f"{len(self.drift)} changed outside orchestrator")
         return ", ".join(counts) or "no agents"
 
     def to_json(self) -> str:
         return json.dumps({"pending": self.pending, "supervisord_running": self.supervisord_running,
                            "summary": self.summary(), "fingerprint": self.fingerprint,
-                           "settings": list(self.settings), "actions": [a.as_dict() for a in self.actions]}, indent=2)
+                           "settings": list(self.settings), "drift": [d.as_dict() for d in self.drift],
+                           "actions": [a.as_dict() for a in self.actions]}, indent=2)
 
 
 def _significant(program: str) -> str:
@@ -128,8 +134,9 @@ def _agent_fields(agent: Agent) -> dict[str, object]:
 
 def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
                 last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
-                *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None) -> str:
-    """A stable hash of exactly what `plan` decides from, given the same arguments.
+                *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None,
+                drift: tuple[Drift, ...] = ()) -> str:
+    """A stable hash of exactly what `plan` decides from, given the same arguments (the drift found included).
 
     Desired: each agent's fields (its source location aside), its rendered
     program section (comments aside) and its configuration hash. The live
@@ -157,6 +164,7 @@ def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Obs
                      "groups": {g: sorted([p.name, "down" if _down(p.state) else "up"] for p in processes)
                                 for g, processes in observed.groups.items() if not g.startswith("_")},
                      "configs": {g: h for g, h in observed.configs.items() if g in wanted}},
+        "drift": [[d.kind, d.subject, d.fix] for d in drift],
     }
     text = json.dumps(state, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -181,7 +189,8 @@ def changed_settings(desired: ManifestSet, last_settings: Mapping[str, object] |
 
 def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
          last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
-         *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None) -> Plan:
+         *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None,
+         drift: tuple[Drift, ...] = ()) -> Plan:
     """The actions that make supervisord match `desired`.
 
     `programs` are the desired rendered program sections by agent, `hashes`
@@ -191,7 +200,9 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
     supervisord differs from the desired one is replaced, whatever the live
     version says: an apply was interrupted between recording the version and
     replacing the agent. Internal groups (names starting with '_') are not
-    agents and never planned.
+    agents and never planned. `drift` (core.drift) is carried in the plan
+    and makes it pending; an agent whose configuration supervisord holds as
+    edited outside orchestrator (drift of kind `config`) is replaced.
     """
     hashes = hashes or {}
     last_agents = last_agents or {}
@@ -214,6 +225,10 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
         if _significant(last_programs[name]) != _significant(programs[name]):
             actions.append(Action("replace", name, fields or ("supervisord settings",), "configuration changed"))
             continue
+        if any(d.kind == "config" and d.agent == name for d in drift):
+            actions.append(Action("replace", name, ("supervisord settings",), "configuration changed outside orchestrator",
+                                  outside=True))
+            continue
         held = observed.configs.get(name)
         if held is not None and name in hashes and held != hashes[name]:
             actions.append(Action("replace", name, ("supervisord settings",), "running an older configuration"))
@@ -234,8 +249,8 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
     order = {k: i for i, k in enumerate(KINDS)}
     return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running,
                 fingerprint=fingerprint(desired, programs, observed, last_agents, last_programs, hashes=hashes,
-                                        last_settings=last_settings),
-                settings=changed_settings(desired, last_settings) if last_agents else ())
+                                        last_settings=last_settings, drift=drift),
+                settings=changed_settings(desired, last_settings) if last_agents else (), drift=drift)
 
 
 _SYMBOLS = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("-/+", "yellow"), "update": ("~", "cyan"),
@@ -247,6 +262,9 @@ def to_lines(result: Plan) -> list[tuple[str, str | None]]:
     lines: list[tuple[str, str | None]] = []
     if not result.supervisord_running:
         lines.append(("supervisord is not running: `orchestrator up` starts it and applies.", "yellow"))
+    if result.drift:
+        lines.append(("Drift (changed outside orchestrator):", "magenta"))
+        lines.extend((f"    ! {d.line()}", "magenta") for d in result.drift)
     if result.settings:
         lines.append((f"    ~ settings ({', '.join(result.settings)}): orchestrator.yaml changed; no agent restarts", "cyan"))
     for action in result.actions:

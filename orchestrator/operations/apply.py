@@ -41,6 +41,7 @@ from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations import backups
 from orchestrator.core.versions import next_semver
+from orchestrator.operations import drift
 from orchestrator.operations.sequencer import Result, Sequencer, report_removed
 from orchestrator.operations.stopping import stop_in_order
 
@@ -101,9 +102,12 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
     history = History(manifests.state_dir)
     current = history.current()
     programs = {a.name: rendering.program(a.name) for a in manifests.agents}
-    return (plan(manifests, programs, observe(client), current.agents if current else None,
-                 current.programs if current else None, hashes=rendering.hashes,
-                 last_settings=history.settings(current) if current else None), rendering)
+    observed = observe(client)
+    found = drift.detect(manifests.state_dir, current, client, groups=observed.groups, running=observed.running,
+                         wanted=set(manifests.names))
+    return (plan(manifests, programs, observed, current.agents if current else None,
+                 drift.as_applied(programs, current, found) if current else None, hashes=rendering.hashes,
+                 last_settings=history.settings(current) if current else None, drift=found), rendering)
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
@@ -147,6 +151,9 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
             for name in edited:
                 live.agents[name] = live.agent(name).cleared()
     previous = history.current()
+    left: list[str] = []
+    if result.drift and previous is not None:  # the live version's files as it rendered them, before reloadConfig
+        left = drift.put_back_files(manifests.state_dir, previous, result.drift, rendering.files, emit=emit)
     if result.changes_config or previous is None or rollback_of is not None:
         backups.before_record(history, previous, emit=emit)  # the version that stops being live, kept in STATE/backups
         semver = next_semver(previous.semver if previous else None, result, previous.agents if previous else None)
@@ -154,6 +161,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
                                         rollback_of=rollback_of)
     version = report.version
     if not result.pending:
+        drift.keep_held(manifests.state_dir, client, first=True)
         if version is not None:
             history.mark(version, "applied")
         emit(Note("Nothing to do: every agent is unchanged and running."))
@@ -181,6 +189,11 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
                 client.add_group(name)
     for name in result.names("add"):
         client.add_group(name)
+    _, stop_again = drift.put_back_records(manifests.state_dir, result.drift,
+                                           latched=runtime.load_global(manifests.state_dir).latch is not None)
+    if stop_again:
+        report.stop_failures.update(stop_in_order(client, stop_again, {}, emit=emit))
+    drift.keep_held(manifests.state_dir, client, keep=set(report.stop_failures))
     to_start = set(result.names("add", "replace", "start")) - set(report.stop_failures)
     agents = {a.name: a for a in manifests.agents}
     verify = _running_dependencies(to_start, agents)
@@ -193,6 +206,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
         version = live_version  # an interrupted apply's version, finished now
     if version is not None:
         history.mark(version, "applied" if report.ok else "failed")
+    drift.report(result.drift, ok=report.ok, left=left, emit=emit)
     if not report.ok:
         raise ApplyError(_failure_message(report), report)
     return report

@@ -2,7 +2,7 @@
 
 Owned here: one row per supervisord process of an agent, with the fields of
 `status --output json` (name, agent, state, pid, uptime_seconds, restarts,
-cpu_percent, memory_rss_bytes, health, ready, score, penalties), the text table, and the
+cpu_percent, memory_rss_bytes, health, ready, score, penalties, drift), the text table, and the
 verdict (every desired agent RUNNING and ready, or not). CPU and memory cover
 each agent's whole process tree, sampled over a short interval (host.processes).
 Called by the cli.
@@ -48,6 +48,7 @@ class Row:
     reason: str = ""                      # why it last exited, or was given up
     score: int | None = None              # health 0-100 (core.health); None for a process of no declared agent
     penalties: tuple[dict[str, object], ...] = ()   # each point lost: cause, points, detail
+    drift: tuple[str, ...] = ()           # what was changed outside orchestrator about its agent (core.drift)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -8,6 +8,7 @@ Owned here: the state directory's layout and its atomic updates.
       history/0007/
         version.json        number, time, message, environment, status (applying, applied, failed), and
                             semver, user, command (apply, up, rollback...), content hash, rollback_of
+        rendered.json       the hash of each rendered file (state.rendered: drift)
         agents.json         the resolved agents, for plan and the boot listener
         supervisord.conf    the rendered configuration ...
         programs/NAME.conf  ... one file per agent
@@ -52,6 +53,7 @@ from orchestrator.core.errors import StateError
 from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.core.versions import check_tag, content_hash, to_prune
+from orchestrator.state import rendered
 from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
@@ -241,6 +243,7 @@ class History:
         scratch = tempfile.mkdtemp(dir=self.root, prefix=".tmp-")
         try:
             write_tree(scratch, rendering.files)
+            rendered.record(scratch, rendering.files)   # each file's hash: a hand edit shows as drift
             snapshot = os.path.join(scratch, "manifests")
             os.makedirs(snapshot)
             for part in _MANIFEST_PARTS:

@@ -213,6 +213,16 @@ class Client:
                 return None
             raise
 
+    def config_digests(self) -> dict[str, str] | None:
+        """A digest of each group's whole configuration as supervisord holds it; None without orchestrator's
+        extension (or with the extension of an older orchestrator, loaded when that supervisord started)."""
+        try:
+            return {str(k): str(v) for k, v in self._call("orchestrator.getConfigDigests").items()}
+        except SupervisorError as exc:
+            if exc.fault == Faults.UNKNOWN_METHOD:
+                return None
+            raise
+
     def send_remote_comm(self, kind: str, data: str) -> None:
         """Emit a REMOTE_COMMUNICATION event to the event listeners (supervisord queues it for them)."""
         self._call("supervisor.sendRemoteCommEvent", kind, data)

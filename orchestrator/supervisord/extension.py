@@ -12,7 +12,8 @@ again falls from about a second to a few tens of milliseconds.
 
 It adds one RPC namespace: `orchestrator.ping`; `orchestrator.getConfigHashes`,
 which answers the configuration hash of each group as supervisord holds it
-(see `core.names.CONFIG_MARKER`), read-only; `orchestrator.getProcessTimes`, a
+(see `core.names.CONFIG_MARKER`), read-only; `orchestrator.getConfigDigests`, a
+digest of each group's whole configuration as supervisord holds it (drift); `orchestrator.getProcessTimes`, a
 process's last start and stop to the microsecond; and `orchestrator.startOnce`, a start
 that happens at most once per restart decision, for the restart keeper.
 Only supervisord imports this module.
@@ -21,6 +22,7 @@ Only supervisord imports this module.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -132,6 +134,15 @@ class OrchestratorNamespace:
         """True: orchestrator's extension is loaded in this supervisord."""
         return True
 
+    def getConfigDigests(self) -> dict[str, str]:  # noqa: N802 - supervisord's RPC naming
+        """A digest of each active group's whole configuration as supervisord holds it now, read-only.
+
+        Every parameter supervisord compares when it decides that a group changed (ProcessConfig's), so an edit
+        of a rendered file that supervisord loaded (`supervisorctl update`) changes it, where the hash of
+        getConfigHashes, written by orchestrator into the file, stays. The same files give the same digest in
+        any supervisord."""
+        return {name: _digest(group.config) for name, group in self.supervisord.process_groups.items()}
+
     def getConfigHashes(self) -> dict[str, str]:  # noqa: N802 - supervisord's RPC naming
         """Each active group's configuration hash (ORCHESTRATOR_CONFIG), as supervisord holds it now.
 
@@ -147,6 +158,28 @@ class OrchestratorNamespace:
         return hashes
 
 
+
+def _plain(value: Any) -> Any:
+    """A configuration value in a form that is the same in every process (no object addresses)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return sorted([str(k), _plain(v)] for k, v in value.items())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _digest(config: Any) -> str:
+    processes = []
+    for process in sorted(getattr(config, "process_configs", ()), key=lambda p: str(p.name)):
+        names = list(getattr(process, "req_param_names", ())) + list(getattr(process, "optional_param_names", ()))
+        processes.append([[name, _plain(getattr(process, name, None))] for name in names])
+    text = json.dumps([str(config.name), _plain(getattr(config, "priority", None)), processes], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def note_exit(event: Any) -> None:

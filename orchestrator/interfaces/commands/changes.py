@@ -61,14 +61,18 @@ def _finish(report: ApplyReport, manifests: ManifestSet) -> None:
 
 @click.command("plan")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: {pending, summary, actions: [{action, agent, fields, reason}]} for scripts.")
+              help="json: {pending, summary, drift: [{kind, subject, agent, detail, fix}], "
+                   "actions: [{action, agent, fields, reason}]} for scripts.")
 @click.pass_obj
 def plan_command(options: Options, output: str) -> None:
     """Show what apply would change, without changing anything.
 
     Actions: add, remove, replace (restarts; the changed fields are listed),
-    update (no restart), start (not running). Exit 0 when there is nothing to
-    do, 2 when changes are pending, 1 on error.
+    update (no restart), start (not running). What was changed outside
+    orchestrator since the last apply (an edited rendered file, a program
+    added, removed, stopped or started with supervisorctl) is listed as
+    drift, which apply puts back. Exit 0 when there is nothing to do, 2 when
+    changes (or drift) are pending, 1 on error.
     """
     manifests = options.load()
     result, _ = compute(manifests, client_for(manifests))

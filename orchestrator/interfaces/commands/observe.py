@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 
 import click
 
 from orchestrator.core.errors import display_path, require_known
 from orchestrator.interfaces.options import Options
-from orchestrator.operations import status
+from orchestrator.operations import drift, status
 from orchestrator.operations.reach import require_running, socket_of
 from orchestrator.state import alerts as alert_history, runtime, samples
 from orchestrator.state.history import History
@@ -21,13 +22,19 @@ from orchestrator.supervisord.client import Client
 @click.command("status")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: an array, one object per process: name, agent, state, pid, uptime_seconds, restarts, "
-                   "cpu_percent, memory_rss_bytes, health, ready, score (0-100) and penalties (cause, points, detail).")
+                   "cpu_percent, memory_rss_bytes, health, ready, score (0-100), penalties (cause, points, detail) "
+                   "and drift (what was changed outside orchestrator about the agent).")
 @click.argument("names", nargs=-1)
 @click.pass_obj
 def status_command(options: Options, output: str, names: tuple[str, ...]) -> None:
     """Show each agent's state, PID, uptime, restarts, CPU, memory, readiness and health score.
 
     With agent NAMEs, also every point each score lost, and why.
+
+    What was changed outside orchestrator since the last apply (drift: an
+    edited rendered file, a program added, removed, stopped or started with
+    supervisorctl) is warned about on stderr, and listed in each row's
+    `drift` with --output json; `orchestrator apply` puts it back.
 
     Exit 0 when every agent of the live version is running and ready, 3 when
     one is not, 1 on error (supervisord not running, for instance).
@@ -44,6 +51,14 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
         opened[alert.agent] = (*opened.get(alert.agent, ()), alert.level)
     rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened,
                           sampled=samples.read(state_dir, time.time()))
+    found = drift.detect(state_dir, current, client)
+    rows = [replace(r, drift=tuple(d.line() for d in found if d.agent == r.agent)) for r in rows]
+    if found:  # on stderr, so the table and the JSON array stay what scripts read
+        click.echo(click.style(f"Drift: {len(found)} change{'s' if len(found) != 1 else ''} made outside orchestrator "
+                               "since the last apply (`orchestrator plan` shows them; `orchestrator apply` puts them back):",
+                               fg="magenta", bold=True), err=True)
+        for item in found:
+            click.echo(click.style(f"  ! {item.line()}", fg="magenta"), err=True)
     if live.latch is not None and output != "json":
         click.echo(click.style(f"{runtime.describe_latch(live.latch)}; clear it with `orchestrator emergency-clear`",
                                fg="red", bold=True), err=True)

@@ -60,6 +60,7 @@ COMMANDS = {
     "emergency-clear": "control:emergency_clear_command",
     "recommend": "advice:recommend_command",
     "rules": "prometheus:rules_command", "prometheus-config": "prometheus:prometheus_config_command",
+    "grafana": "grafana:grafana_group",
 }
 
 

@@ -110,6 +110,8 @@ def apply_command(options: Options, message: str, yes: bool) -> None:
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)
+    from orchestrator.interfaces.grafana import annotate_apply
+    annotate_apply(manifests, report, message)
 
 
 @click.command("up")
@@ -135,6 +137,8 @@ def up_command(options: Options, message: str, yes: bool) -> None:
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)
+    from orchestrator.interfaces.grafana import annotate_apply
+    annotate_apply(manifests, report, message, what="up")
     click.echo(f"Stop everything with: orchestrator -m {display_path(manifests.manifests_dir)} down")
 
 

@@ -96,6 +96,7 @@ class _Pusher:
         self.folder = folder
         self.ids = gf.Uids(manifests.settings.project)
         self.done: list[Pushed] = []
+        self.stale_points: list[tuple[str, str]] = []
 
     def said(self, kind: str, name: str, status: str) -> None:
         self.done.append(Pushed(kind, name, status))
@@ -154,10 +155,14 @@ class _Pusher:
                 self.api.alertingprovisioning.update_contactpoint(point["uid"], point)
                 self.said("contact point", point["name"], "changed")
         ours = self.ids.prefix("cp")
-        for uid, found in sorted(existing.items(), key=lambda item: str(item[0])):
-            if isinstance(uid, str) and uid.startswith(ours) and uid not in {p["uid"] for p in wanted}:
-                self.api.alertingprovisioning.delete_contactpoint(uid)
-                self.said("contact point", str(found.get("name", uid)), "deleted")
+        self.stale_points = [(uid, str(found.get("name", uid))) for uid, found in sorted(existing.items(), key=lambda i: str(i[0]))
+                             if isinstance(uid, str) and uid.startswith(ours) and uid not in {p["uid"] for p in wanted}]
+
+    def stale_contact_points(self) -> None:
+        """Deleted once the policy no longer routes to them (Grafana refuses to delete a contact point in use)."""
+        for uid, name in self.stale_points:
+            self.api.alertingprovisioning.delete_contactpoint(uid)
+            self.said("contact point", name, "deleted")
 
     def policy(self) -> None:
         wanted = gf.policy(self.manifests)
@@ -200,6 +205,7 @@ def push(manifests: ManifestSet, *, url: str, token: str | None, folder: str) ->
         pusher.dashboards(folder_uid)
         pusher.contact_points()
         pusher.policy()
+        pusher.stale_contact_points()
         pusher.rules(folder_uid)
     except GrafanaUnauthorizedError as exc:
         raise OrchestratorError(f"Grafana at {url} refused the credentials (401): set --token or ${TOKEN_ENV} "
@@ -252,8 +258,15 @@ def annotate(manifests: ManifestSet | None, *, what: str, version: int | None = 
 def annotate_apply(manifests: ManifestSet, report: Any, message: str, *, what: str = "apply") -> None:
     """The hook of apply and up (`report`: their ApplyReport): the version recorded and the agents it changed."""
     version = getattr(report, "version", None)
+    if version is None:   # up records the version before it starts supervisord, and converges on it: the live one
+        from orchestrator.state.history import History
+
+        try:
+            version = History(manifests.state_dir).current()
+        except (OrchestratorError, OSError):
+            version = None
     plan = getattr(report, "plan", None)
-    changed = sorted({a.agent for a in getattr(plan, "actions", ()) if a.kind != "start"}) if plan is not None else []
+    changed = sorted({a.agent for a in getattr(plan, "actions", ()) if a.kind != "unchanged"}) if plan is not None else []
     annotate(manifests, what=what, version=version.number if version is not None else None, message=message,
              changed=changed)
 

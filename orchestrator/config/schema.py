@@ -197,7 +197,9 @@ _settings_fields: dict[str, Field] = {
         "url": Field(Str(what="an http:// or https:// URL"), "Grafana's address", default="http://127.0.0.1:3000"),
         "folder": Field(Str(), "dashboard folder", default="Orchestrator"),
         "datasource": Field(Str(), "Prometheus datasource name", default="Prometheus"),
-    }, build=model.Grafana, what="a grafana mapping"), "Grafana settings", default=model.Grafana()),
+        "prometheus": Field(Str(what="an http:// or https:// URL"), "the Prometheus the datasource reads, as Grafana reaches it",
+                            default="http://127.0.0.1:9090"),
+    }, build=model.Grafana, what="a grafana mapping"), "Grafana settings (apply annotates Grafana when set)", default=None),
     "defaults": Field(AnyMapping(what="a mapping of agent fields"), "agent fields every agent inherits (below any template)",
                       default=model.EMPTY),
     "history": Field(Record(fields={

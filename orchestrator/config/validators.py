@@ -383,6 +383,7 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
     grafana = values.get("grafana")
     if isinstance(grafana, model.Grafana):
         urls.append(("grafana.url", _child(node, "grafana", "url"), grafana.url))
+        urls.append(("grafana.prometheus", _child(node, "grafana", "prometheus"), grafana.prometheus))
     notifications = values.get("notifications")
     if isinstance(notifications, tuple):
         for i, target in enumerate(notifications):

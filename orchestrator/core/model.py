@@ -173,9 +173,12 @@ SEVERITIES: tuple[str, ...] = ("warning", "predicted", "critical", "emergency") 
 
 @dataclass(frozen=True)
 class Grafana:
+    """Where Grafana is (apply's annotations, `grafana push`), and what the generated objects are called there."""
+
     url: str = "http://127.0.0.1:3000"
     folder: str = "Orchestrator"
     datasource: str = "Prometheus"
+    prometheus: str = "http://127.0.0.1:9090"   # the Prometheus the data source reads, as Grafana reaches it
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ class Settings:
     supervisord: Supervisord = field(default_factory=Supervisord)
     exporter: Exporter = field(default_factory=Exporter)
     notifications: tuple[Notification, ...] = ()
-    grafana: Grafana = field(default_factory=Grafana)
+    grafana: Grafana | None = None     # None: no `grafana` in orchestrator.yaml (apply posts no annotation)
     defaults: Mapping[str, Any] = field(default_factory=_empty)
     history: HistorySettings = field(default_factory=HistorySettings)
     apply: ApplySettings = field(default_factory=ApplySettings)

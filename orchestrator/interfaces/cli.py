@@ -63,6 +63,7 @@ COMMANDS = {
     "backup": "backups:backup_command", "restore": "backups:restore_command",
     "history": "versions:history_command", "show": "versions:show_command", "diff": "versions:diff_command",
     "rollback": "versions:rollback_command", "tag": "versions:tag_command",
+    "grafana": "grafana:grafana_group",
 }
 
 

@@ -4,6 +4,9 @@
 it, and always tears down: `orchestrator down`, then whatever is still alive
 of the supervisord it started and of the processes marked with its state
 directory is ended (never anything else: nothing is killed by name).
+`prometheus` is Debian's Prometheus on 127.0.0.1 on a free port, its configuration and data in the test's
+temporary directory, scraping `prometheus.target` (give the project's exporter that address) every second; it
+is stopped (SIGTERM, then SIGKILL) even when the test fails.
 `webhook` is an HTTP server on 127.0.0.1 that keeps every notification it is
 sent, by path, so one server stands for several targets.
 """
@@ -14,6 +17,7 @@ import contextlib
 import http.server
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,8 +25,12 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -266,3 +274,60 @@ def webhook() -> Iterator[Webhook]:
         yield hook
     finally:
         hook.close()
+
+
+class Prometheus:
+    def __init__(self, root: Path, port: int, target: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.target = target
+        config = root / "prometheus.yml"
+        config.write_text(json.dumps({  # YAML is a superset of JSON
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
+            "scrape_configs": [{"job_name": "orchestrator", "static_configs": [{"targets": [target]}]}]}))
+        self.log = (root / "prometheus.log").open("w")
+        self.process = subprocess.Popen(
+            [shutil.which("prometheus") or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def query(self, expr: str) -> list[dict[str, object]]:
+        answer = self.ask(expr)
+        return list(answer["data"]["result"]) if answer.get("status") == "success" else []
+
+    def ask(self, expr: str) -> dict[str, Any]:
+        """Prometheus's whole answer to an instant query: {"status": "success", "data": ...}, or {"status": "error",
+        "errorType", "error"} (a query that does not parse is `bad_data`); {} when Prometheus cannot be reached."""
+        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                return dict(json.load(reply))
+        except urllib.error.HTTPError as exc:   # 400 and 422 carry Prometheus's error as JSON
+            try:
+                return dict(json.load(exc))
+            except ValueError:
+                return {}
+        except OSError:
+            return {}
+
+    def names(self, selector: str) -> set[str]:
+        return {str(row["metric"]["__name__"]) for row in self.query(f"count by (__name__) ({selector})")}  # type: ignore[index]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
+    if not shutil.which("prometheus"):
+        pytest.fail("Debian's prometheus is not installed (make test installs it)")
+    ports = free_ports(2)
+    instance = Prometheus(tmp_path, ports[0], f"127.0.0.1:{ports[1]}")
+    try:
+        yield instance
+    finally:
+        instance.stop()

@@ -1,18 +1,14 @@
 """The exporter under a real supervisord, scraped by a real Prometheus (Debian's `prometheus`).
 
-Prometheus listens on 127.0.0.1 on a free port, with its configuration and its data in the test's temporary
-directory; the test stops it (SIGTERM, then SIGKILL) even when it fails, and `project` stops everything else.
+Prometheus is conftest's `prometheus` fixture: on 127.0.0.1 on a free port, with its configuration and its data in
+the test's temporary directory; it is stopped (SIGTERM, then SIGKILL) even when the test fails, and `project` stops
+everything else.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -47,52 +43,6 @@ resources:
   memory_mb: {warning: 200, critical: 300, limit: 400}
   open_files: 512
 """
-
-
-class Prometheus:
-    def __init__(self, root: Path, port: int, target: str) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.target = target
-        config = root / "prometheus.yml"
-        config.write_text(json.dumps({  # YAML is a superset of JSON
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms"},
-            "scrape_configs": [{"job_name": "orchestrator", "static_configs": [{"targets": [target]}]}]}))
-        self.log = (root / "prometheus.log").open("w")
-        self.process = subprocess.Popen(
-            [shutil.which("prometheus") or "prometheus", f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def query(self, expr: str) -> list[dict[str, object]]:
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': expr})}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as reply:
-                return list(json.load(reply)["data"]["result"])
-        except OSError:
-            return []
-
-    def names(self, selector: str) -> set[str]:
-        return {str(row["metric"]["__name__"]) for row in self.query(f"count by (__name__) ({selector})")}  # type: ignore[index]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
-        self.log.close()
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Prometheus]:
-    if not shutil.which("prometheus"):
-        pytest.fail("Debian's prometheus is not installed (make test installs it)")
-    ports = free_ports(2)
-    instance = Prometheus(tmp_path, ports[0], f"127.0.0.1:{ports[1]}")
-    try:
-        yield instance
-    finally:
-        instance.stop()
 
 
 def _exported(port: int) -> str:

@@ -122,6 +122,8 @@ def apply_command(options: Options, message: str, yes: bool, rollback_on_failure
             roll_back_after(exc, manifests, emit)
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     _finish(report, manifests)
+    from orchestrator.interfaces.grafana import annotate_apply
+    annotate_apply(manifests, report, message)
 
 
 @click.command("up")
@@ -147,6 +149,8 @@ def up_command(options: Options, message: str, yes: bool) -> None:
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)
+    from orchestrator.interfaces.grafana import annotate_apply
+    annotate_apply(manifests, report, message, what="up")
     click.echo(f"Stop everything with: orchestrator -m {display_path(manifests.manifests_dir)} down")
 
 

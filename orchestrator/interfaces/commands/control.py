@@ -151,6 +151,8 @@ def emergency_stop_command(options: Options, reason: str, yes: bool) -> None:
     latched = "latched until `orchestrator emergency-clear`" if report.latched else "NOT latched (see the warning above)"
     click.echo(click.style(f"Emergency stop: {report.signalled} process(es) signalled, {report.killed} of them killed; "
                            f"{latched}.", fg="red", bold=True))
+    from orchestrator.interfaces.grafana import annotate_emergency
+    annotate_emergency(options.load, reason)
 
 
 

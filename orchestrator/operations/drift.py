@@ -29,15 +29,16 @@ from orchestrator.supervisord.client import Client, NotRunningError
 
 def detect(state_dir: str, version: Version | None, client: Client, *,
            groups: Mapping[str, tuple[ProcessInfo, ...]] | None = None, running: bool = True,
-           wanted: set[str] | None = None) -> tuple[Drift, ...]:
+           wanted: set[str] | None = None, live: runtime.RuntimeState | None = None) -> tuple[Drift, ...]:
     """The drift since `version` (the live one) was applied; () before anything was applied.
 
-    `groups`: supervisord's processes by group when the caller has them (`running` False: it does not answer)."""
+    `groups`: supervisord's processes by group when the caller has them (`running` False: it does not answer);
+    `live`: the runtime state when the caller has read it."""
     if version is None:
         return ()
     held: dict[str, str] | None = None
     standing_down = False
-    live = runtime.load(state_dir)
+    live = runtime.load(state_dir) if live is None else live
     try:
         if running and groups is None:
             grouped: dict[str, list[ProcessInfo]] = {}

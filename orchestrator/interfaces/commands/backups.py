@@ -14,11 +14,11 @@ import click
 
 from orchestrator.core import graph
 from orchestrator.core.errors import OrchestratorError, display_path
-from orchestrator.interfaces.commands.changes import _confirm_changed, _confirm_destructive, _finish, _print_plan
+from orchestrator.interfaces.commands.changes import _finish, show_and_apply
 from orchestrator.interfaces.options import Options
 from orchestrator.interfaces.output import renderer
 from orchestrator.operations import backups
-from orchestrator.operations.apply import ApplyError, apply, client_for, compute
+from orchestrator.operations.apply import ApplyError
 from orchestrator.operations.reach import socket_of
 from orchestrator.state.backup import Backup, RestorePlan
 from orchestrator.supervisord.client import Client
@@ -147,15 +147,11 @@ def restore_command(options: Options, file: str, yes: bool, force: bool, then_ap
 
 def _apply_restored(options: Options, file: str, yes: bool) -> None:
     manifests = options.load()
-    client = client_for(manifests)
-    result, _ = compute(manifests, client)
-    _print_plan(result)
-    if not result.pending:
-        return
-    _confirm_destructive(result, yes)
     try:
-        report = apply(manifests, result, confirm=_confirm_changed(yes), message=f"restored from {os.path.abspath(file)}",
-                       emit=renderer(graph.Graph.of(manifests)), client=client)
+        report = show_and_apply(manifests, yes, message=f"restored from {os.path.abspath(file)}",
+                                emit=renderer(graph.Graph.of(manifests)))
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
+    if report is None:
+        return
     _finish(report, manifests)

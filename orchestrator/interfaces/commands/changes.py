@@ -10,6 +10,7 @@ import click
 
 from orchestrator.core import graph
 from orchestrator.core.errors import OrchestratorError, display_path
+from orchestrator.core.events import Emit
 from orchestrator.core.model import ManifestSet
 from orchestrator.core.plan import Plan, to_lines
 from orchestrator.interfaces.options import Options
@@ -107,23 +108,31 @@ def apply_command(options: Options, message: str, yes: bool, rollback_on_failure
     manifests = options.load()
     if rollback_on_failure is None:
         rollback_on_failure = manifests.settings.apply.rollback_on_failure
-    client = client_for(manifests)
-    result, _ = compute(manifests, client)
-    _print_plan(result)
-    if not result.pending:
-        return
-    _confirm_destructive(result, yes)
     emit = renderer(graph.Graph.of(manifests))
     try:
-        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client)
+        report = show_and_apply(manifests, yes, message=message, emit=emit)
     except ApplyError as exc:
         if rollback_on_failure:
             from orchestrator.interfaces.commands.versions import roll_back_after
             roll_back_after(exc, manifests, emit)
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
+    if report is None:
+        return
     _finish(report, manifests)
     from orchestrator.interfaces.grafana import annotate_apply
     annotate_apply(manifests, report, message)
+
+
+def show_and_apply(manifests: ManifestSet, yes: bool, *, message: str, emit: Emit) -> ApplyReport | None:
+    """The plan for `manifests` shown, confirmed where it stops agents, and carried out as shown (asked again if it
+    changed meanwhile); None when there was nothing to do. Raises ApplyError as apply does."""
+    client = client_for(manifests)
+    result, _ = compute(manifests, client)
+    _print_plan(result)
+    if not result.pending:
+        return None
+    _confirm_destructive(result, yes)
+    return apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client)
 
 
 @click.command("up")

@@ -115,7 +115,8 @@ def apply_command(options: Options, message: str, yes: bool, rollback_on_failure
     _confirm_destructive(result, yes)
     emit = renderer(graph.Graph.of(manifests))
     try:
-        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client)
+        report = apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client,
+                       lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         if rollback_on_failure:
             from orchestrator.interfaces.commands.versions import roll_back_after
@@ -143,7 +144,7 @@ def up_command(options: Options, message: str, yes: bool) -> None:
         _confirm_destructive(shown, yes)
     try:
         report = lifecycle.up(manifests, shown=shown, confirm=_confirm_changed(yes), message=message,
-                              emit=renderer(graph.Graph.of(manifests)))
+                              emit=renderer(graph.Graph.of(manifests)), lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)

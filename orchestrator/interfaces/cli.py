@@ -64,6 +64,7 @@ COMMANDS = {
     "backup": "backups:backup_command", "restore": "backups:restore_command",
     "history": "versions:history_command", "show": "versions:show_command", "diff": "versions:diff_command",
     "rollback": "versions:rollback_command", "tag": "versions:tag_command",
+    "watch": "watch:watch_command",
 }
 
 

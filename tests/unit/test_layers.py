@@ -33,6 +33,7 @@ HOMES = {
     "click": ("orchestrator.interfaces",),
     "prometheus_client": ("orchestrator.daemons.exporter",),
     "grafana_client": ("orchestrator.interfaces.grafana",),
+    "watchfiles": ("orchestrator.daemons.watcher",),
 }
 # standard-library modules the pure core may not use: they read the clock, start processes or do I/O
 IMPURE = {"time", "datetime", "subprocess", "socket", "threading", "asyncio", "signal", "fcntl", "shutil",

@@ -126,6 +126,8 @@ class Watcher:
 
     def run(self) -> None:
         """A round for the manifests as they are now, then one per burst of saves, until `stop` is set."""
+        if not os.path.isdir(self.manifests_dir):
+            raise OrchestratorError(f"manifests directory not found: {self.manifests_dir} (choose it with -m/--manifests)")
         self.view.say(f"watching {self.manifests_dir}" + (" (plan only)" if self.plan_only else "") + "; Ctrl-C ends")
         try:
             self.round(())

@@ -8,6 +8,7 @@ errors are wrapped where they cross into our code, with `raise ... from`.
     ├── ManifestError           one or more diagnostics (FILE:LINE:COL: ...) in a manifest set
     ├── RenderError             the rendered configuration is unusable (supervisord rejects it)
     └── StateError              the state directory cannot be read or written
+        └── LockHeldError       another command held the apply lock for the whole wait (naming it)
 
 Manifest problems are not raised one at a time: validators collect
 `Diagnostic`s, and the loader raises a single `ManifestError` holding all of
@@ -116,6 +117,10 @@ class RenderError(OrchestratorError):
 
 class StateError(OrchestratorError):
     """The state directory cannot be read or written."""
+
+
+class LockHeldError(StateError):
+    """Another apply, up, rollback, restore or watch held the state directory's apply lock for the whole wait."""
 
 
 # The messages a user meets from several commands, written once.

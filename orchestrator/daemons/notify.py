@@ -23,7 +23,9 @@ body is the alert (see `body`):
      "at": 1767225600.0, "summary": "order-executor CRITICAL firing: memory_mb 412 is at or above 400 for 10s"}
 
 An exit alert has the same fields: `metric` "exit", `level` CRITICAL, `value`
-the exit status (-1 after a signal or a failed start), `threshold` 0.
+the exit status (-1 after a signal or a failed start), `threshold` 0. `watch`
+sends each change of the manifests it applied or rejected through the same
+Notifier: `kind` "config" (see daemons.watcher.ConfigNotice for its fields).
 
 Any 2xx answer is delivered; anything else, or no answer within TIMEOUT, is a
 failure. A command target runs with the same JSON on its stdin; exit status 0
@@ -41,11 +43,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.model import SEVERITIES, Notification
-from orchestrator.state.alerts import AlertRecord
 from orchestrator.state.history import History
 
 TIMEOUT = 5.0                       # seconds a target may take to answer one attempt
@@ -53,12 +54,24 @@ RETRY_DELAYS = (1.0, 2.0, 4.0)      # between the attempts after the first; then
 QUEUE_SIZE = 1000
 
 
-def reaches(alert: AlertRecord, target: Notification) -> bool:
+class Notice(Protocol):
+    """What a Notifier sends: an alert (state.alerts.AlertRecord), or a change of the manifests (watcher.ConfigNotice)."""
+
+    @property
+    def level(self) -> str: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+def reaches(alert: Notice, target: Notification) -> bool:
     """Whether the alert's level is at or above the target's `min_severity`."""
     return SEVERITIES.index(alert.level.lower()) >= SEVERITIES.index(target.min_severity)
 
 
-def body(alert: AlertRecord, project: str) -> bytes:
+def body(alert: Notice, project: str) -> bytes:
     fields = {k: v for k, v in alert.as_dict().items() if k != "key"}
     return json.dumps({"project": project, **fields}, sort_keys=True).encode("utf-8")
 
@@ -69,12 +82,12 @@ class Notifier:
     def __init__(self, targets: Sequence[Notification], *, project: str, log: Callable[[str], None],
                  delays: Sequence[float] = RETRY_DELAYS, sleep: Callable[[float], None] = time.sleep) -> None:
         self.targets, self.project, self.log, self.delays, self.sleep = tuple(targets), project, log, tuple(delays), sleep
-        self.pending: queue.Queue[AlertRecord | None] = queue.Queue(maxsize=QUEUE_SIZE)
+        self.pending: queue.Queue[Notice | None] = queue.Queue(maxsize=QUEUE_SIZE)
         self._retired = threading.Event()
         self.thread = threading.Thread(target=self._run, name="notifier", daemon=True)
         self.thread.start()
 
-    def submit(self, alert: AlertRecord) -> None:
+    def submit(self, alert: Notice) -> None:
         if not any(reaches(alert, t) for t in self.targets):
             return
         try:
@@ -104,7 +117,7 @@ class Notifier:
             if self._retired.is_set() and self.pending.empty():
                 return
 
-    def _deliver(self, alert: AlertRecord, target: Notification) -> None:
+    def _deliver(self, alert: Notice, target: Notification) -> None:
         payload = body(alert, self.project)
         for attempt, delay in enumerate((0.0, *self.delays), start=1):
             if delay:
@@ -131,7 +144,7 @@ class Notifications:
         self._version: int | None = None
         self._lock = threading.Lock()
 
-    def submit(self, alert: AlertRecord) -> None:
+    def submit(self, alert: Notice) -> None:
         with self._lock:
             self._follow()
             if self.notifier is not None:

@@ -30,6 +30,7 @@ from orchestrator import __version__
 from orchestrator.core.errors import ManifestError, OrchestratorError
 from orchestrator.interfaces.options import Options
 from orchestrator.interfaces.output import print_diagnostics, summary
+from orchestrator.state.history import LOCK_TIMEOUT
 
 PRIVATE_UMASK = 0o077
 EXIT_BUG = 70
@@ -64,6 +65,7 @@ COMMANDS = {
     "history": "versions:history_command", "show": "versions:show_command", "diff": "versions:diff_command",
     "rollback": "versions:rollback_command", "tag": "versions:tag_command",
     "grafana": "grafana:grafana_group",
+    "watch": "watch:watch_command",
 }
 
 
@@ -108,9 +110,13 @@ class _Group(click.Group):
               help="Overlay env/NAME.yaml on the manifests (for example prod). Also $ORCHESTRATOR_ENV.")
 @click.option("--state-dir", metavar="DIR", envvar="ORCHESTRATOR_STATE_DIR",
               help="Rendered config, socket, logs and history. Default: .orchestrator/ beside the manifests directory.")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=LOCK_TIMEOUT, show_default=True,
+              envvar="ORCHESTRATOR_LOCK_TIMEOUT", metavar="SECONDS",
+              help="How long apply, up, rollback, restore and watch wait for another of them to finish (one at a time), "
+                   "before failing with its PID, command and start. Also $ORCHESTRATOR_LOCK_TIMEOUT.")
 @click.version_option(__version__, prog_name="orchestrator")
 @click.pass_context
-def cli(ctx: click.Context, manifests: str, env: str | None, state_dir: str | None) -> None:
+def cli(ctx: click.Context, manifests: str, env: str | None, state_dir: str | None, lock_timeout: float) -> None:
     """Declarative supervisor for long-running agent processes, built on supervisord.
 
     Describe agents in YAML manifests; orchestrator validates them, renders
@@ -119,7 +125,7 @@ def cli(ctx: click.Context, manifests: str, env: str | None, state_dir: str | No
     Exit codes: 0 success, 1 invalid manifests or a failed operation,
     2 wrong usage.
     """
-    ctx.obj = Options(manifests=manifests, env=env, state_dir=state_dir)
+    ctx.obj = Options(manifests=manifests, env=env, state_dir=state_dir, lock_timeout=lock_timeout)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from orchestrator.core.errors import ManifestError, OrchestratorError, display_path
 from orchestrator.host import orphans
-from orchestrator.state.history import read_pointer
+from orchestrator.state.history import LOCK_TIMEOUT, read_pointer
 
 if TYPE_CHECKING:
     from orchestrator.core.model import ManifestSet
@@ -26,6 +26,7 @@ class Options:
     manifests: str
     env: str | None
     state_dir: str | None
+    lock_timeout: float = LOCK_TIMEOUT   # how long apply, up, rollback, restore and watch wait for the apply lock
 
     def load(self) -> ManifestSet:
         """The manifest set, type-checked, cross-checked and accepted by supervisord's parser."""

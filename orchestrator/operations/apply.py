@@ -36,7 +36,7 @@ from orchestrator.state import runtime
 from orchestrator.supervisord import render
 from orchestrator.supervisord.client import Client, NotRunningError
 from orchestrator.core.errors import OrchestratorError, not_running_message
-from orchestrator.state.history import History, Version
+from orchestrator.state.history import LOCK_TIMEOUT, History, Version
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations import backups
@@ -112,7 +112,8 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",
           emit: Emit = ignore, client: Client | None = None, command: str = "apply",
-          rollback_of: int | None = None) -> ApplyReport:
+          rollback_of: int | None = None,
+          lock_timeout: float | None = LOCK_TIMEOUT) -> ApplyReport:
     """Carry out `shown`, the plan computed (by `compute`) for `manifests` and shown to the operator.
 
     Under the apply lock the plan is computed again; when its fingerprint
@@ -121,10 +122,12 @@ def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None
     (without `confirm`, always). Raises ApplyError unless every agent ends ready.
     `command` is recorded with the version (see converge); `rollback_of`: this apply is a rollback to that
     version, recorded as a version even when nothing changes.
+    Waits at most `lock_timeout` for another holder of the lock (saying whom it
+    waits for), then raises LockHeldError naming it.
     """
     client = client or client_for(manifests)
     history = History(manifests.state_dir)
-    with history.lock():
+    with history.lock(timeout=lock_timeout, say=lambda line: emit(Note(line))):
         if not client.is_running():
             raise NotRunningError(not_running_message(manifests.state_dir))
         return converge(manifests, client, history, shown=shown, confirm=confirm, message=message, emit=emit,

@@ -16,7 +16,7 @@ from orchestrator import __version__
 from orchestrator.core.events import Emit, Note
 from orchestrator.state import backup as archive
 from orchestrator.state.backup import Backup, BackupError, RestorePlan
-from orchestrator.state.history import History, Version
+from orchestrator.state.history import LOCK_TIMEOUT, History, Version
 
 
 def backup(path: str, *, manifests_dir: str, state_dir: str, force: bool = False) -> Backup:
@@ -56,12 +56,14 @@ def prepare_restore(path: str, *, manifests_dir: str, state_dir: str, force: boo
     return archive.plan_restore(archive.verify(path), manifests_dir=manifests_dir, state_dir=state_dir, force=force)
 
 
-def restore(plan: RestorePlan, *, force: bool = False) -> Backup | None:
+def restore(plan: RestorePlan, *, force: bool = False, lock_timeout: float | None = LOCK_TIMEOUT,
+            emit: Emit | None = None) -> Backup | None:
     """Carry out `plan` under the apply lock: planned again there (a plan that changed meanwhile is refused,
     nothing written), then what it overwrites (the manifest set and the whole history) archived in
     STATE/backups/pre-restore-*.tar.gz, then the versions and the manifests written. The safety backup made
     (None when the plan changed nothing). Nothing running is touched, and the live version stays live."""
-    with History(plan.state_dir).lock():
+    say = (lambda line: emit(Note(line))) if emit is not None else None   # whom it waits for, a dead holder taken over
+    with History(plan.state_dir).lock(timeout=lock_timeout, say=say):
         again = archive.plan_restore(plan.backup, manifests_dir=plan.manifests_dir, state_dir=plan.state_dir, force=force)
         if again != plan:
             raise BackupError("the manifests or the history changed since the restore was planned (an apply ran?); "

@@ -27,7 +27,7 @@ from orchestrator.operations.stopping import stop_in_order
 from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.errors import StateError
 from orchestrator.operations.reach import refuse_if_hung, socket_of
-from orchestrator.state.history import LISTENER_READY, History, leave_claim, leave_pointer
+from orchestrator.state.history import LISTENER_READY, LOCK_TIMEOUT, History, leave_claim, leave_pointer
 from orchestrator.core.model import ManifestSet, kept_settings
 from orchestrator.core.versions import FIRST, Side, between, next_semver
 
@@ -73,7 +73,8 @@ def _wait_for_listener(state_dir: str, client: Client, deadline: float) -> None:
 
 
 def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | None = None, message: str = "",
-       emit: Emit = ignore, command: str = "up") -> ApplyReport:
+       emit: Emit = ignore, command: str = "up",
+       lock_timeout: float | None = LOCK_TIMEOUT) -> ApplyReport:
     """Start supervisord if it is not running, then apply.
 
     `shown` and `confirm`: the plan shown to the operator when supervisord was already running,
@@ -85,7 +86,7 @@ def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | 
     """
     history = History(manifests.state_dir)
     client = Client(render.socket_path(manifests))
-    with history.lock():
+    with history.lock(timeout=lock_timeout, say=_noting(emit)):
         leave_pointer(manifests.origin_dir, manifests.state_dir, manifests.env)
         if not client.is_running():
             rendering = render.render(manifests)
@@ -176,7 +177,7 @@ def _waiting_lock(history: History, emit: Emit) -> Iterator[None]:
             yield
             return
     emit(Note("waiting for the apply, up or boot sequence in progress to finish"))
-    with history.lock():
+    with history.lock(say=_noting(emit)):
         yield
 
 

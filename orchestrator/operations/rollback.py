@@ -31,7 +31,7 @@ from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, appl
 from orchestrator.operations.compare import DISK, Comparison, compare, live, previous, resolve, version_side
 from orchestrator.operations.reach import socket_of
 from orchestrator.state import runtime
-from orchestrator.state.history import History, Version, read_manifest_files
+from orchestrator.state.history import LOCK_TIMEOUT, History, Version, read_manifest_files
 from orchestrator.supervisord import render
 from orchestrator.supervisord.client import Client, NotRunningError
 
@@ -109,7 +109,7 @@ def _removable(path: str) -> bool:
 
 
 def carry_out(prepared: Prepared, *, confirm: Confirm | None = None, message: str = "",
-              emit: Emit = ignore) -> ApplyReport:
+              emit: Emit = ignore, lock_timeout: float | None = LOCK_TIMEOUT) -> ApplyReport:
     """Write the target's manifest files over the manifests directory and apply them with the plan shown
     (`confirm`: asked when it changed since, as apply asks). Raises ApplyError as apply does; the version
     recorded is a rollback of the target either way."""
@@ -121,7 +121,7 @@ def carry_out(prepared: Prepared, *, confirm: Confirm | None = None, message: st
               f"({len(written)} file{'s' if len(written) != 1 else ''} written, {len(prepared.removed)} removed)."))
     manifests = _load(prepared.manifests_dir, prepared.env, prepared.state_dir)   # the very bytes validated above
     return apply(manifests, prepared.plan, confirm=confirm, message=message or f"rollback to version {number}",
-                 emit=emit, client=prepared.client, command="rollback", rollback_of=number)
+                 emit=emit, client=prepared.client, command="rollback", rollback_of=number, lock_timeout=lock_timeout)
 
 
 def restore(manifests_dir: str, files: Mapping[str, bytes], removed: tuple[str, ...] = ()) -> list[str]:

@@ -15,7 +15,7 @@ Owned here: the state directory's layout and its atomic updates.
         manifests/          the manifest files as they were applied, and
           .orchestrator-origin.json   the manifests directory they were copied from and its project root
       history/tags.json   tag -> version number (tagged versions are never deleted by retention)
-      logs/, supervisor.sock, supervisord.pid, apply.lock
+      logs/, supervisor.sock, supervisord.pid, apply.lock (its holder's PID, argv and start time inside)
 
 The origin file (`model.ORIGIN_FILE`) is owned here: history writes it into
 every stored copy; the loader (`config.manifest`) reads it, so that loading
@@ -44,23 +44,24 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from orchestrator.core.errors import StateError
+from orchestrator.core.errors import LockHeldError, StateError
 from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.core.versions import check_tag, content_hash, to_prune
 from orchestrator.state import rendered
-from orchestrator.state.files import exclusive, make_private, point, write_atomically, write_tree
+from orchestrator.state.files import LockBusy, exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
 CURRENT = "current"
 SETTINGS = "settings.json"
 LOCK = "apply.lock"
 TAGS = "tags.json"
+LOCK_TIMEOUT = 30.0   # seconds an apply, up, rollback, restore or watch waits for another to finish (--lock-timeout)
 _MANIFEST_PARTS = ("orchestrator.yaml", "agents", "templates", "env")
 
 
@@ -166,10 +167,22 @@ class History:
         return os.path.join(self.state_dir, MAIN_CONFIG)
 
     @contextmanager
-    def lock(self, *, wait: bool = True) -> Iterator[bool]:
-        """Hold the state directory's apply lock; yields False (without waiting) when `wait` is off and it is taken."""
-        with exclusive(os.path.join(self.state_dir, LOCK), wait=wait) as held:
-            yield held
+    def lock(self, *, wait: bool = True, timeout: float | None = None,
+             say: Callable[[str], None] | None = None) -> Iterator[bool]:
+        """Hold the state directory's apply lock; yields False (without waiting) when `wait` is off and it is taken.
+
+        The holder is recorded in the lock file (files.exclusive). `timeout`: wait at most that long, then raise
+        LockHeldError naming the holder. `say` is told whom the wait is for, and of a dead holder taken over."""
+        path = os.path.join(self.state_dir, LOCK)
+        try:
+            with exclusive(path, wait=wait, timeout=timeout, record=True, say=say) as held:
+                yield held
+        except LockBusy as busy:
+            if busy.path != path:
+                raise
+            who = str(busy.holder) if busy.holder is not None else "a process that has not recorded itself"
+            raise LockHeldError(f"the apply lock of {self.state_dir} is held by {who}; gave up after {timeout:g}s "
+                                "(wait longer with --lock-timeout, or try again once it is done)") from None
 
     def numbers(self) -> list[int]:
         if not os.path.isdir(self.root):
@@ -238,6 +251,9 @@ class History:
         `semver`: of the change (core.versions.next_semver); `command`: what made it; `rollback_of`: the version
         a rollback returns to."""
         os.makedirs(self.root, exist_ok=True)
+        for left in os.listdir(self.root):  # the scratch of a record killed midway (the lock is ours: nobody writes one now)
+            if left.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(self.root, left), ignore_errors=True)
         number = (self.numbers() or [0])[-1] + 1
         final = os.path.join(self.root, f"{number:04d}")
         scratch = tempfile.mkdtemp(dir=self.root, prefix=".tmp-")

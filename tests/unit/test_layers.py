@@ -34,6 +34,7 @@ HOMES = {
     "prometheus_client": ("orchestrator.daemons.exporter",),
     "grafana_client": ("orchestrator.interfaces.grafana",),
     "grafana_foundation_sdk": ("orchestrator.operations.dashboards",),
+    "watchfiles": ("orchestrator.daemons.watcher",),
 }
 # standard-library modules the pure core may not use: they read the clock, start processes or do I/O
 IMPURE = {"time", "datetime", "subprocess", "socket", "threading", "asyncio", "signal", "fcntl", "shutil",

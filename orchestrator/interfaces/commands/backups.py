@@ -131,7 +131,7 @@ def restore_command(options: Options, file: str, yes: bool, force: bool, then_ap
     if plan.changes:
         if not yes and sys.stdin.isatty():
             click.confirm("Restore?", abort=True, err=True)
-        safety = backups.restore(plan, force=force)
+        safety = backups.restore(plan, force=force, lock_timeout=options.lock_timeout, emit=renderer())
         if safety is not None:
             click.echo(f"What was here is kept in {display_path(safety.path)}.")
         click.echo(click.style("Restored.", fg="green"))
@@ -149,7 +149,7 @@ def _apply_restored(options: Options, file: str, yes: bool) -> None:
     manifests = options.load()
     try:
         report = show_and_apply(manifests, yes, message=f"restored from {os.path.abspath(file)}",
-                                emit=renderer(graph.Graph.of(manifests)))
+                                emit=renderer(graph.Graph.of(manifests)), lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         raise OrchestratorError(f"apply failed:\n{exc}") from exc
     if report is None:

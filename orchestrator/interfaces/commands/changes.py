@@ -110,7 +110,7 @@ def apply_command(options: Options, message: str, yes: bool, rollback_on_failure
         rollback_on_failure = manifests.settings.apply.rollback_on_failure
     emit = renderer(graph.Graph.of(manifests))
     try:
-        report = show_and_apply(manifests, yes, message=message, emit=emit)
+        report = show_and_apply(manifests, yes, message=message, emit=emit, lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         if rollback_on_failure:
             from orchestrator.interfaces.commands.versions import roll_back_after
@@ -123,7 +123,8 @@ def apply_command(options: Options, message: str, yes: bool, rollback_on_failure
     annotate_apply(manifests, report, message)
 
 
-def show_and_apply(manifests: ManifestSet, yes: bool, *, message: str, emit: Emit) -> ApplyReport | None:
+def show_and_apply(manifests: ManifestSet, yes: bool, *, message: str, emit: Emit,
+                   lock_timeout: float) -> ApplyReport | None:
     """The plan for `manifests` shown, confirmed where it stops agents, and carried out as shown (asked again if it
     changed meanwhile); None when there was nothing to do. Raises ApplyError as apply does."""
     client = client_for(manifests)
@@ -132,7 +133,8 @@ def show_and_apply(manifests: ManifestSet, yes: bool, *, message: str, emit: Emi
     if not result.pending:
         return None
     _confirm_destructive(result, yes)
-    return apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client)
+    return apply(manifests, result, confirm=_confirm_changed(yes), message=message, emit=emit, client=client,
+                 lock_timeout=lock_timeout)
 
 
 @click.command("up")
@@ -154,7 +156,7 @@ def up_command(options: Options, message: str, yes: bool) -> None:
         _confirm_destructive(shown, yes)
     try:
         report = lifecycle.up(manifests, shown=shown, confirm=_confirm_changed(yes), message=message,
-                              emit=renderer(graph.Graph.of(manifests)))
+                              emit=renderer(graph.Graph.of(manifests)), lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         raise OrchestratorError(f"up failed:\n{exc}") from exc
     _finish(report, manifests)

@@ -266,7 +266,7 @@ def rollback_command(options: Options, version: str | None, message: str, yes: b
                    err=True)
     try:
         report = rollback.carry_out(prepared, confirm=_confirm_changed(yes), message=message,
-                                    emit=renderer(graph.Graph.of(_agents_of(prepared))))
+                                    emit=renderer(graph.Graph.of(_agents_of(prepared))), lock_timeout=options.lock_timeout)
     except ApplyError as exc:
         raise OrchestratorError(f"rollback to version {prepared.target.number} failed (its manifests are on disk; "
                                 f"`orchestrator apply` tries again):\n{exc}") from exc

@@ -83,6 +83,7 @@ class Plan:
     fingerprint: str = ""   # of the desired and observed state the plan was computed from; see `fingerprint`
     settings: tuple[str, ...] = ()   # the kept settings that changed since the live version (no agent restarts)
     drift: tuple[Drift, ...] = ()    # what was changed outside orchestrator since the last apply (core.drift)
+    edited: tuple[str, ...] = ()     # manifest files whose text differs from the live version's copy (comments too)
 
     def of_kind(self, *kinds: Kind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind in kinds)
@@ -93,11 +94,16 @@ class Plan:
     @property
     def pending(self) -> bool:
         """Something to do: exit status 2 for `orchestrator plan`."""
-        return bool(self.settings) or bool(self.drift) or any(a.kind != "unchanged" for a in self.actions)
+        return bool(self.settings or self.drift or self.edited) or any(a.kind != "unchanged" for a in self.actions)
 
     @property
     def changes_config(self) -> bool:
-        return bool(self.settings) or any(a.kind in CHANGES and not a.outside for a in self.actions)
+        return bool(self.settings or self.edited) or any(a.kind in CHANGES and not a.outside for a in self.actions)
+
+    @property
+    def text_only(self) -> bool:
+        """Manifest files were edited, and no change of an agent or a setting came of it (a comment, formatting)."""
+        return bool(self.edited) and not self.settings and all(a.kind == "unchanged" for a in self.actions)
 
     def summary(self) -> str:
         counts = [f"{len(self.of_kind(k))} to {k}" if k != "unchanged" else f"{len(self.of_kind(k))} unchanged"
@@ -106,12 +112,15 @@ class Plan:
             counts.append(f"settings changed ({', '.join(self.settings)})")
         if self.drift:
             counts.append(f"{len(self.drift)} changed outside orchestrator")
+        if self.text_only:
+            counts.append(f"{len(self.edited)} manifest file{'s' if len(self.edited) != 1 else ''} edited")
         return ", ".join(counts) or "no agents"
 
     def to_json(self) -> str:
         return json.dumps({"pending": self.pending, "supervisord_running": self.supervisord_running,
                            "summary": self.summary(), "fingerprint": self.fingerprint,
                            "settings": list(self.settings), "drift": [d.as_dict() for d in self.drift],
+                           "edited": list(self.edited),
                            "actions": [a.as_dict() for a in self.actions]}, indent=2)
 
 
@@ -135,7 +144,7 @@ def _agent_fields(agent: Agent) -> dict[str, object]:
 def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
                 last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
                 *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None,
-                drift: tuple[Drift, ...] = ()) -> str:
+                drift: tuple[Drift, ...] = (), edited: tuple[str, ...] = ()) -> str:
     """A stable hash of exactly what `plan` decides from, given the same arguments (the drift found included).
 
     Desired: each agent's fields (its source location aside), its rendered
@@ -157,6 +166,7 @@ def fingerprint(desired: ManifestSet, programs: Mapping[str, str], observed: Obs
         "desired": {a.name: {"fields": _agent_fields(a), "program": _significant(programs.get(a.name, "")),
                              "hash": hashes.get(a.name)} for a in desired.agents},
         "settings": kept_settings(desired),
+        "edited": list(edited),
         "live": {"agents": {n: _agent_fields(a) for n, a in last_agents.items()},
                  "programs": {n: _significant(p) for n, p in last_programs.items()},
                  "settings": last_settings},
@@ -190,8 +200,11 @@ def changed_settings(desired: ManifestSet, last_settings: Mapping[str, object] |
 def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
          last_agents: Mapping[str, Agent] | None, last_programs: Mapping[str, str] | None,
          *, hashes: Mapping[str, str] | None = None, last_settings: Mapping[str, object] | None = None,
-         drift: tuple[Drift, ...] = ()) -> Plan:
+         drift: tuple[Drift, ...] = (), edited: tuple[str, ...] = ()) -> Plan:
     """The actions that make supervisord match `desired`.
+
+    `edited`: the manifest files whose text differs from the live version's stored copy; alone (a comment, the
+    formatting) they restart nothing, but apply records them as a version, so history holds what is on disk.
 
     `programs` are the desired rendered program sections by agent, `hashes`
     their configuration hashes; `last_*` what the live version recorded (None
@@ -249,8 +262,9 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
     order = {k: i for i, k in enumerate(KINDS)}
     return Plan(tuple(sorted(actions, key=lambda a: (order[a.kind], a.agent))), supervisord_running=observed.running,
                 fingerprint=fingerprint(desired, programs, observed, last_agents, last_programs, hashes=hashes,
-                                        last_settings=last_settings, drift=drift),
-                settings=changed_settings(desired, last_settings) if last_agents else (), drift=drift)
+                                        last_settings=last_settings, drift=drift, edited=edited),
+                settings=changed_settings(desired, last_settings) if last_agents else (), drift=drift,
+                edited=edited if last_agents else ())
 
 
 _SYMBOLS = {"add": ("+", "green"), "remove": ("-", "red"), "replace": ("-/+", "yellow"), "update": ("~", "cyan"),
@@ -265,6 +279,8 @@ def to_lines(result: Plan) -> list[tuple[str, str | None]]:
     if result.drift:
         lines.append(("Drift (changed outside orchestrator):", "magenta"))
         lines.extend((f"    ! {d.line()}", "magenta") for d in result.drift)
+    if result.text_only:
+        lines.append((f"    ~ text of {', '.join(result.edited)}: recorded as a version (alone, nothing restarts)", "cyan"))
     if result.settings:
         lines.append((f"    ~ settings ({', '.join(result.settings)}): orchestrator.yaml changed; no agent restarts", "cyan"))
     for action in result.actions:

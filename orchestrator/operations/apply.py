@@ -36,7 +36,7 @@ from orchestrator.state import runtime
 from orchestrator.supervisord import render
 from orchestrator.supervisord.client import Client, NotRunningError
 from orchestrator.core.errors import OrchestratorError, not_running_message
-from orchestrator.state.history import LOCK_TIMEOUT, History, Version
+from orchestrator.state.history import LOCK_TIMEOUT, History, Version, read_manifest_files
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations import backups
@@ -105,9 +105,13 @@ def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Render
     observed = observe(client)
     found = drift.detect(manifests.state_dir, current, client, groups=observed.groups, running=observed.running,
                          wanted=set(manifests.names))
+    edited: tuple[str, ...] = ()
+    if current is not None:
+        on_disk, stored = read_manifest_files(manifests.manifests_dir), history.stored_files(current)
+        edited = tuple(sorted(rel for rel in set(on_disk) | set(stored) if on_disk.get(rel) != stored.get(rel)))
     return (plan(manifests, programs, observed, current.agents if current else None,
                  drift.as_applied(programs, current, found) if current else None, hashes=rendering.hashes,
-                 last_settings=history.settings(current) if current else None, drift=found), rendering)
+                 last_settings=history.settings(current) if current else None, drift=found, edited=edited), rendering)
 
 
 def apply(manifests: ManifestSet, shown: Plan, *, confirm: Confirm | None = None, message: str = "",

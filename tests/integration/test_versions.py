@@ -137,3 +137,21 @@ def test_an_apply_whose_changed_agent_fails_rolls_back_to_the_last_applied_versi
     after = project.pids()
     assert after["feed"] == before["feed"] and "calc" in after      # v1's calc runs again; feed was never touched
     assert project.run("plan").returncode == 0
+
+
+def test_a_comment_alone_is_a_patch_version_that_restarts_nothing(project):
+    """The text of the manifests is part of a version (rollback writes it back byte for byte): an edit of a comment
+    alone is planned, and recorded as a patch version, with every agent keeping its PID."""
+    project.toy("feed", free_ports(1)[0])
+    project.run("up", check=True)
+    before = project.pids()
+    path = project.manifests / "agents" / "feed.yaml"
+    path.write_text("# the market-data feed: restart it only in the lunch break\n" + path.read_text())
+    planned = project.run("plan")
+    assert planned.returncode == 2 and "~ text of agents/feed.yaml" in planned.stdout, planned.stdout
+    project.run("apply", check=True)
+    versions = json.loads(project.run("history", "--output", "json", check=True).stdout)
+    assert [v["semver"] for v in versions][-2:] == ["1.0.0", "1.0.1"], versions
+    assert project.pids() == before
+    assert project.run("plan").returncode == 0
+    assert read_manifest_files(str(project.state / "current" / "manifests"))["agents/feed.yaml"] == path.read_bytes()

@@ -168,3 +168,19 @@ def test_a_change_of_the_kept_settings_alone_is_pending_restarts_nothing_and_is_
     assert any("settings (notifications)" in line for line, _ in to_lines(changed))
     # nothing applied yet: the first apply records everything anyway, and no setting is called changed
     assert plan(after, _programs(feed), Observed.of([]), None, None).settings == ()
+
+
+def test_an_edit_of_the_text_alone_is_pending_recorded_and_named_only_when_nothing_else_changed():
+    feed = _agent("feed")
+    result = plan(_set(feed), _programs(feed), Observed.of([_proc("feed")]), {"feed": feed}, _programs(feed),
+                  edited=("agents/feed.yaml",))
+    assert result.pending and result.changes_config and result.text_only
+    assert [a.kind for a in result.actions] == ["unchanged"]
+    assert any("~ text of agents/feed.yaml" in line for line, _ in to_lines(result))
+    new = _agent("feed", priority=3)
+    both = plan(_set(new), _programs(new), Observed.of([_proc("feed")]), {"feed": feed}, _programs(feed),
+                edited=("agents/feed.yaml",))
+    assert not both.text_only and not any("~ text of" in line for line, _ in to_lines(both))
+    assert json.loads(both.to_json())["edited"] == ["agents/feed.yaml"]
+    first = plan(_set(feed), _programs(feed), Observed.of([]), None, None, edited=("agents/feed.yaml",))
+    assert first.edited == ()   # nothing applied yet: nothing to compare the text with

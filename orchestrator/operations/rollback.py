@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.config.manifest import LoadOptions, load
-from orchestrator.core.errors import ManifestError, StateError, display_path, not_running_message
+from orchestrator.core.errors import LockHeldError, ManifestError, StateError, display_path, not_running_message
 from orchestrator.core.events import Emit, Note, ignore
 from orchestrator.core.model import ManifestSet
 from orchestrator.core.plan import Plan
 from orchestrator.core.versions import FileDiff, Side, file_diffs
-from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, apply, compute
+from orchestrator.operations.apply import ApplyError, ApplyReport, Confirm, PlanChangedError, apply, compute
 from orchestrator.operations.compare import DISK, Comparison, compare, live, previous, resolve, version_side
 from orchestrator.operations.reach import socket_of
 from orchestrator.state import runtime
@@ -115,13 +115,21 @@ def carry_out(prepared: Prepared, *, confirm: Confirm | None = None, message: st
     recorded is a rollback of the target either way."""
     if prepared.plan.of_kind("add", "replace", "start"):
         runtime.refuse_if_latched(prepared.state_dir)   # before a file is written
+    before = read_manifest_files(prepared.manifests_dir)
     written = restore(prepared.manifests_dir, prepared.stored, prepared.removed)
     number = prepared.target.number
     emit(Note(f"Wrote version {number}'s manifests to {display_path(prepared.manifests_dir)} "
               f"({len(written)} file{'s' if len(written) != 1 else ''} written, {len(prepared.removed)} removed)."))
     manifests = _load(prepared.manifests_dir, prepared.env, prepared.state_dir)   # the very bytes validated above
-    return apply(manifests, prepared.plan, confirm=confirm, message=message or f"rollback to version {number}",
-                 emit=emit, client=prepared.client, command="rollback", rollback_of=number, lock_timeout=lock_timeout)
+    try:
+        return apply(manifests, prepared.plan, confirm=confirm, message=message or f"rollback to version {number}",
+                     emit=emit, client=prepared.client, command="rollback", rollback_of=number, lock_timeout=lock_timeout)
+    except (LockHeldError, PlanChangedError, NotRunningError):
+        # nothing was applied (another apply holds the lock, the new plan was refused, supervisord went away):
+        # the manifests on disk go back to what they were, so the disk never says what does not run
+        restore(prepared.manifests_dir, before, tuple(sorted(set(prepared.stored) - set(before))))
+        emit(Note(f"Nothing was applied: the manifests in {display_path(prepared.manifests_dir)} are as they were."))
+        raise
 
 
 def restore(manifests_dir: str, files: Mapping[str, bytes], removed: tuple[str, ...] = ()) -> list[str]:

@@ -145,3 +145,31 @@ def test_apply_killed_at_any_point_leaves_a_readable_history_and_the_next_apply_
     live = History(str(project.state)).current()
     assert live is not None and live.status == "applied"
     assert set(project.pids()) == {"feed", "calc", "report"}
+
+
+def test_a_rollback_that_cannot_take_the_lock_leaves_the_manifests_on_disk_as_they_were(project):
+    """rollback writes the old version's files, then applies them under the lock; when another apply holds the lock
+    past the timeout nothing is applied, and the manifests on disk are put back as they were (the disk never says
+    what does not run)."""
+    from orchestrator.state.history import read_manifest_files
+    ports = free_ports(3)
+    _three(project, ports, "a")
+    project.run("up", check=True)
+    _three(project, ports, "b")
+    project.run("apply", check=True)                 # version 2
+    _three(project, ports, "c", delay=4.0)
+    on_disk = read_manifest_files(str(project.manifests))
+    first = _popen(project, "apply")                 # version 3: holds the lock while calc gets ready
+    try:
+        wait_until(lambda: _held_by(project, first), 30, message="the apply to take the lock")
+        refused = project.run("--lock-timeout", "0.5", "rollback", "1", "--yes")
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert refused.returncode == 1 and f"held by PID {first.pid}" in refused.stderr, refused.stdout + refused.stderr
+    assert "Nothing was applied" in refused.stderr + refused.stdout
+    assert read_manifest_files(str(project.manifests)) == on_disk
+    assert first.returncode == 0, out + err
+    assert project.run("plan").returncode == 0       # what runs is what the disk says

@@ -271,6 +271,16 @@ def annotate_apply(manifests: ManifestSet, report: Any, message: str, *, what: s
              changed=changed)
 
 
+def annotate_change(load: Callable[[], ManifestSet], report: Any, message: str, *, what: str) -> None:
+    """The hook of rollback and restore --apply: as apply's, with the manifests loaded only when asked (a set that
+    no longer loads is no reason to say anything)."""
+    try:
+        manifests = load()
+    except (OrchestratorError, OSError):
+        return
+    annotate_apply(manifests, report, message, what=what)
+
+
 def annotate_emergency(load: Callable[[], ManifestSet], reason: str) -> None:
     """The hook of emergency-stop: the manifests may be broken then, and that is no reason to say anything."""
     try:

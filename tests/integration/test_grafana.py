@@ -255,3 +255,19 @@ def test_apply_up_and_emergency_stop_annotate_grafana_and_a_grafana_unreachable_
     assert done.returncode == 0, done.stderr
     note = grafana.annotations[-1]
     assert note["tags"] == ["orchestrator", "test", "emergency-stop"] and "bad prices" in note["text"]
+
+
+def test_a_rollback_is_annotated_like_an_apply(project: Project, grafana: GrafanaAPI, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    project.write("orchestrator.yaml", f'project: test\nexporter: {{enabled: false}}\ngrafana: {{url: "{grafana.url}"}}\n')
+    feed, calc = free_ports(2)
+    project.toy("feed", feed)
+    project.toy("calc", calc, depends_on=["feed"])
+    project.run("up", check=True)
+    project.toy("calc", calc, depends_on=["feed"], delay=0.001)
+    project.run("apply", "--yes", check=True)
+    done = project.run("rollback", "1", "--yes", check=True)
+    assert "warning" not in done.stderr
+    note = grafana.annotations[-1]
+    assert note["tags"] == ["orchestrator", "test", "rollback", "version-3"], grafana.annotations
+    assert note["text"].splitlines()[1] == "rollback to version 1" and "agents changed: calc" in note["text"]

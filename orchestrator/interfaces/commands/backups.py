@@ -155,3 +155,5 @@ def _apply_restored(options: Options, file: str, yes: bool) -> None:
     if report is None:
         return
     _finish(report, manifests)
+    from orchestrator.interfaces.grafana import annotate_change
+    annotate_change(lambda: manifests, report, f"restored from {os.path.abspath(file)}", what="restore")

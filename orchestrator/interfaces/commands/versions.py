@@ -274,6 +274,8 @@ def rollback_command(options: Options, version: str | None, message: str, yes: b
     click.echo(click.style(f"Rolled back to version {prepared.target.number}"
                            + (f": recorded as version {recorded.number} ({recorded.semver})." if recorded else "."),
                            fg="green"))
+    from orchestrator.interfaces.grafana import annotate_change
+    annotate_change(options.load, report, message or f"rollback to version {prepared.target.number}", what="rollback")
 
 
 def _agents_of(prepared: Prepared) -> ManifestSet:

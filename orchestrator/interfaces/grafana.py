@@ -22,6 +22,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -220,7 +221,14 @@ def _message(exc: BaseException) -> str:
     response = getattr(exc, "response", None)
     if isinstance(response, Mapping) and response.get("message"):
         return f"{_status(exc) or ''} {response['message']}".strip()
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    # the HTTP stack nests the cause of a failed connection three exceptions deep: say the cause alone
+    cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if cause:
+        return f"cannot connect ({cause.group(1).strip()})"
+    if "timed out" in text.lower() or "timeout" in type(exc).__name__.lower():
+        return "no answer in time"
+    return text
 
 
 # --- annotations -----------------------------------------------------------------------------------------

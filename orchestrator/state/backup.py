@@ -42,11 +42,12 @@ from typing import IO, Any
 
 from orchestrator.core.errors import StateError
 from orchestrator.state.files import make_private, write_atomically
-from orchestrator.state.history import _MANIFEST_PARTS, CURRENT, HISTORY, SETTINGS
+from orchestrator.state.history import _MANIFEST_PARTS, CURRENT, HISTORY, SETTINGS, TAGS
 
 FORMAT = "orchestrator-backup"
 FORMAT_VERSION = 1
 INDEX = "BACKUP.json"
+TAGS_MEMBER = f"{HISTORY}/{TAGS}"   # the history's tags (tag -> version), merged into the history on restore
 MANIFESTS = "manifests"
 BACKUPS = "backups"        # STATE/backups: the automatic backups
 KEEP = 10                  # automatic backups kept of each kind; the oldest are deleted
@@ -95,7 +96,8 @@ class Backup:
 
     @property
     def versions(self) -> list[int]:
-        return sorted({int(m.path.split("/")[1]) for m in self.members if m.path.startswith(HISTORY + "/")})
+        return sorted({int(m.path.split("/")[1]) for m in self.members
+                       if m.path.startswith(HISTORY + "/") and m.path.split("/")[1].isdigit()})
 
     def version_files(self, number: int) -> dict[str, str]:
         """relative path -> sha256 of the files of one version."""
@@ -137,6 +139,9 @@ def sources(*, manifests_dir: str | None, state_dir: str, versions: Iterable[int
     for number in versions:
         label = f"{number:04d}"
         found.extend(_walk(os.path.join(state_dir, HISTORY, label), f"{HISTORY}/{label}"))
+    tags = os.path.join(state_dir, HISTORY, TAGS)
+    if os.path.isfile(tags):
+        found.append((TAGS_MEMBER, tags))
     return found
 
 
@@ -237,7 +242,7 @@ def _name_problem(name: str) -> str | None:
         return "a path with '..'"
     if any(p in ("", ".") for p in parts):
         return "a path with an empty or '.' component"
-    if name == INDEX:
+    if name in (INDEX, TAGS_MEMBER):
         return None
     if parts[0] == MANIFESTS and (len(parts) == 1 or parts[1] in _MANIFEST_PARTS):
         return None if parts[1:2] != ["orchestrator.yaml"] or len(parts) == 2 else "a path below orchestrator.yaml"
@@ -251,10 +256,10 @@ def _kind_problem(name: str, kind: str) -> str | None:
     templates/, env/, each history/NNNN) are directories, orchestrator.yaml is a file."""
     parts = name.split("/")
     directory = (parts[0] == MANIFESTS and (len(parts) == 1 or (len(parts) == 2 and parts[1] != "orchestrator.yaml"))) \
-        or (parts[0] == HISTORY and len(parts) == 2)
+        or (parts[0] == HISTORY and len(parts) == 2 and name != TAGS_MEMBER)
     if directory and kind != "dir":
         return f"{name} must be a directory"
-    if name == f"{MANIFESTS}/orchestrator.yaml" and kind != "file":
+    if name in (f"{MANIFESTS}/orchestrator.yaml", TAGS_MEMBER) and kind != "file":
         return f"{name} must be a file"
     return None
 
@@ -494,16 +499,17 @@ class RestorePlan:
     replace_versions: tuple[int, ...] = ()  # versions here with another configuration, replaced (--force)
     live: int | None = None         # the live version here (never changed by a restore)
     untouched_versions: tuple[int, ...] = ()  # versions here the backup does not have (kept)
+    tags: bool = False              # the backup's tags differ from the history's: they are merged (_merge_tags)
 
     @property
     def changes(self) -> bool:
-        return bool(self.write or self.delete or self.new_versions or self.replace_versions)
+        return bool(self.write or self.delete or self.new_versions or self.replace_versions or self.tags)
 
     def as_dict(self) -> dict[str, Any]:
         return {"write": list(self.write), "unchanged": list(self.unchanged), "delete": list(self.delete),
                 "new_versions": list(self.new_versions), "same_versions": list(self.same_versions),
                 "replace_versions": list(self.replace_versions), "live": self.live,
-                "untouched_versions": list(self.untouched_versions)}
+                "untouched_versions": list(self.untouched_versions), "tags": self.tags}
 
 
 def _same_configuration(backup: Backup, state_dir: str, number: int) -> bool:
@@ -552,7 +558,12 @@ def plan_restore(backup: Backup, *, manifests_dir: str, state_dir: str, force: b
     return RestorePlan(backup=backup, manifests_dir=manifests_dir, state_dir=state_dir, write=tuple(write),
                        unchanged=tuple(unchanged), delete=tuple(delete), new_versions=tuple(new),
                        same_versions=tuple(same), replace_versions=tuple(clashing), live=live,
-                       untouched_versions=tuple(sorted(here - set(backup.versions))))
+                       untouched_versions=tuple(sorted(here - set(backup.versions))), tags=_tags_differ(backup, state_dir))
+
+
+def _tags_differ(backup: Backup, state_dir: str) -> bool:
+    theirs = next((m for m in backup.members if m.path == TAGS_MEMBER), None)
+    return theirs is not None and _sha256_of(os.path.join(state_dir, HISTORY, TAGS)) != theirs.sha256
 
 
 def restore(plan: RestorePlan) -> None:
@@ -581,6 +592,7 @@ def restore(plan: RestorePlan) -> None:
                 mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
             write_atomically(target, data)
             os.chmod(target, mode)
+        _merge_tags(plan, os.path.join(staging, *TAGS_MEMBER.split("/")))
         for rel in plan.delete:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(plan.manifests_dir, rel))
@@ -589,6 +601,31 @@ def restore(plan: RestorePlan) -> None:
             os.makedirs(os.path.join(plan.manifests_dir, rel), exist_ok=True)  # an empty agents/ is part of a set
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merge_tags(plan: RestorePlan, extracted: str) -> None:
+    """The backup's tags join the history's: each tag this history does not have, of a version it now holds. A tag
+    it has keeps its version here (a restore adds to the history; it never moves what names a version)."""
+    try:
+        with open(extracted, encoding="utf-8") as handle:
+            theirs = json.load(handle)
+    except FileNotFoundError:
+        return
+    except ValueError as exc:
+        raise BackupError(f"the backup's {TAGS_MEMBER} is not JSON ({exc}); its versions were restored, not its tags") from exc
+    path = os.path.join(plan.state_dir, HISTORY, TAGS)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            ours = json.load(handle)
+    except FileNotFoundError:
+        ours = {}
+    stored = set(stored_numbers(plan.state_dir))
+    merged = dict(ours)
+    for name, number in (theirs.items() if isinstance(theirs, dict) else ()):
+        if name not in merged and isinstance(number, int) and number in stored:
+            merged[name] = number
+    if merged != ours:
+        write_atomically(path, json.dumps(merged, indent=1, sort_keys=True) + "\n")
 
 
 def _extract(plan: RestorePlan, staging: str) -> None:
@@ -610,7 +647,7 @@ def _extract(plan: RestorePlan, staging: str) -> None:
             if member is None or _kind(info) != member.kind:
                 raise _refuse(path, f"{info.name}: the archive changed since it was verified")
             seen.add(info.name)
-            if not (info.name in wanted or "/".join(info.name.split("/")[:2]) in versions):
+            if not (info.name in wanted or info.name == TAGS_MEMBER or "/".join(info.name.split("/")[:2]) in versions):
                 continue
             target = os.path.join(staging, *info.name.split("/"))
             if member.kind == "dir":

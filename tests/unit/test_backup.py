@@ -352,3 +352,33 @@ def test_a_manifest_directory_linking_back_to_itself_is_backed_up_once_and_not_f
     (manifests / "templates" / "loop").symlink_to(manifests / "templates")
     made = _backup(site, tmp_path / "b.tar.gz")
     assert "templates/base.yaml" in made.manifests and "templates/loop/base.yaml" not in made.manifests
+
+
+def test_the_historys_tags_travel_with_it_and_join_the_tags_a_restore_finds_without_moving_them(site, tmp_path):
+    """Tags name versions (`orchestrator tag`, kept by retention): a restore brings them back; a tag the history
+    already has keeps the version it names here."""
+    manifests, state = site
+    _write(state / "history" / "tags.json", json.dumps({"stable": 1, "friday": 2}))
+    made = _backup(site, tmp_path / "b.tar.gz")
+    assert made.versions == [1, 2]
+    elsewhere = (tmp_path / "elsewhere" / "manifests", tmp_path / "elsewhere" / "state")
+    result = _restore(elsewhere, tmp_path / "b.tar.gz")
+    assert result.exit_code == 0, result.output
+    assert History(str(elsewhere[1])).tags() == {"stable": 1, "friday": 2}
+    # into a history that names `stable` otherwise: that one stays, the missing one joins
+    (state / "history" / "tags.json").write_text(json.dumps({"stable": 2}))
+    result = _restore(site, tmp_path / "b.tar.gz", "--force")
+    assert result.exit_code == 0, result.output
+    assert History(str(state)).tags() == {"stable": 2, "friday": 2}
+
+
+def test_a_tags_member_that_is_not_a_file_is_refused(site, tmp_path):
+    made = _backup(site, tmp_path / "b.tar.gz")
+    members = _members(Path(made.path))
+    directory = tarfile.TarInfo("history/tags.json")
+    directory.type = tarfile.DIRTYPE
+    _pack(tmp_path / "bad.tar.gz", [*members, (directory, b"")])
+    before = _tree(*site)
+    result = _restore(site, tmp_path / "bad.tar.gz")
+    assert result.exit_code == 1 and "tags.json" in result.output, result.output
+    assert _tree(*site) == before

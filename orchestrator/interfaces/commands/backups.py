@@ -94,6 +94,8 @@ def _show_restore(plan: RestorePlan) -> None:
     if plan.untouched_versions:
         click.echo(f"  keep    version{'s' if len(plan.untouched_versions) != 1 else ''} "
                    f"{_numbers(plan.untouched_versions)} (not in the backup)")
+    if plan.tags:
+        click.echo("  merge   the backup's tags (a tag this history has keeps its version)")
     if plan.live is not None:
         click.echo(f"  version {plan.live} stays live until the next apply")
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import click
 
-from orchestrator.core.processes import ProcessInfo
+from orchestrator.core.plan import Observed
 from orchestrator.core.errors import display_path, require_known
 from orchestrator.interfaces.options import Options
 from orchestrator.operations import drift, status
@@ -53,10 +53,7 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
     processes = client.processes()   # once, for the rows and for drift: at 500 agents each list costs supervisord
     rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened,
                           sampled=samples.read(state_dir, time.time()), processes=processes)
-    grouped: dict[str, list[ProcessInfo]] = {}
-    for process in processes:
-        grouped.setdefault(process.group, []).append(process)
-    found = drift.detect(state_dir, current, client, groups={g: tuple(p) for g, p in grouped.items()}, live=live)
+    found = drift.detect(state_dir, current, client, groups=Observed.of(processes).groups, live=live)
     rows = [replace(r, drift=tuple(d.line() for d in found if d.agent == r.agent)) for r in rows]
     if found:  # on stderr, so the table and the JSON array stay what scripts read
         click.echo(click.style(f"Drift: {len(found)} change{'s' if len(found) != 1 else ''} made outside orchestrator "

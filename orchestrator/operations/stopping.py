@@ -49,13 +49,14 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
                 failures[name] = str(exc)
                 emit(StopEvent(name, f"failed to stop: {exc}"))
         failures.update(wait_stopped(client, stopping, emit=emit))
-    for name in sorted(trees):
-        if name in failures:
-            continue
-        ended = processes.end(trees[name], grace=LEFTOVER_GRACE)
-        if ended:
-            emit(StopEvent(name, f"ended {len(ended)} process(es) it left behind outside its process group "
-                                     f"(pid {', '.join(map(str, ended))})"))
+    # what every stopped agent left behind, ended at once (one grace for all, not one per agent)
+    left = {name: tree for name, tree in trees.items() if name not in failures}
+    ended = set(processes.end([p for tree in left.values() for p in tree], grace=LEFTOVER_GRACE))
+    for name in sorted(left):
+        mine = [p.pid for p in left[name] if p.pid in ended]
+        if mine:
+            emit(StopEvent(name, f"ended {len(mine)} process(es) it left behind outside its process group "
+                                 f"(pid {', '.join(map(str, mine))})"))
     return failures
 
 

@@ -14,10 +14,10 @@ both read the TCP tables and attribute sockets as they would for agents.
     each agent with warning, critical and limit thresholds on CPU, memory and
     open files) and renders the scrape (the Collector through
     prometheus-client's text exposition). The forecasts are in steady state:
-    first WARM samples a minute apart (on the thresholds' clock, moved on by
-    hand) fill every window, then RUNS rounds 5 s apart, the default interval,
-    so each window takes a new sample, and is fitted again, once a minute, as
-    in service. CPU (process time) per round, the mean of RUNS rounds (the
+    first WARM samples a window's interval apart (on the thresholds' clock,
+    moved on by hand) fill every window, then RUNS rounds 5 s apart, the
+    default interval, so each window takes a new sample, and is fitted again,
+    once per interval (2 minutes at the default horizon), as in service. CPU (process time) per round, the mean of RUNS rounds (the
     rounds that refit every window count with the others); wall time, the
     median; and the process's peak RSS at the end.
     supervisord's answer is given by a stand-in naming the N pids, so the
@@ -69,6 +69,7 @@ from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
 from orchestrator.daemons.thresholds import WINDOW_SAMPLES, Thresholds
 WARM = WINDOW_SAMPLES + 5
+STEP = 3600.0 / WINDOW_SAMPLES   # the windows' interval at the default horizon (an hour)
 
 class Stand:
     def __init__(self, pids):
@@ -85,12 +86,12 @@ thresholds = Thresholds(state_dir, report=lambda action: None, log=lambda line: 
 sampler = Sampler(state_dir, Stand(pids), interval=5.0, probe=False, thresholds=thresholds if alerting else None)
 reg = registry(sampler)
 settle()  # as the exporter's main does once started
-for _ in range(WARM):   # a sample a minute until every forecast window is full
+for _ in range(WARM):   # a sample a window interval apart until every forecast window is full
     sampler.sample()
-    clock[0] += 60.0
+    clock[0] += STEP
 exposition(reg)
 cpu, wall = [], []
-for _ in range(runs):   # then a sample every 5 s, the default interval: each window takes a new sample once a minute
+for _ in range(runs):   # then a sample every 5 s, the default interval: each window takes a new sample every STEP s
     c, w = time.process_time(), time.perf_counter()
     sampler.sample()
     text = exposition(reg)

@@ -63,6 +63,9 @@ class RuleState:
         return self.firing_since is not None
 
 
+QUIET = RuleState()   # neither pending nor firing: where every rule starts, and where most stay (shared, never copied)
+
+
 @dataclass(frozen=True)
 class Transition:
     """An alert fired or resolved."""
@@ -108,10 +111,10 @@ def evaluate(rule: Rule, state: RuleState, value: float | None, now: float, *,
         return (state if state.pending_since is None else RuleState(firing_since=state.firing_since, value=state.value)), None
     if state.firing_since is not None:
         if value < rule.resolve_at:
-            return RuleState(value=value), Transition(rule, "resolved", value, now)
+            return QUIET, Transition(rule, "resolved", value, now)
         return RuleState(firing_since=state.firing_since, value=value), None
     if value < rule.fire_at or warming_up:
-        return RuleState(value=value), None
+        return QUIET, None
     since = state.pending_since if state.pending_since is not None else now
     if now - since >= rule.for_seconds:
         return RuleState(firing_since=now, value=value), Transition(rule, "firing", value, now)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from functools import partial
 
 from orchestrator.core import alerts as rules_
@@ -38,16 +39,16 @@ from orchestrator.state import alerts as history
 from orchestrator.state import evidence as evidence_
 from orchestrator.state.alerts import AlertRecord
 
-QUIET = rules_.RuleState()   # a rule seen for the first time: neither pending nor firing
+QUIET = rules_.QUIET   # a rule seen for the first time, or below its line: neither pending nor firing
 EVIDENCE_SAVE = 60.0     # seconds between two saves of the evidence (a restart of the exporter loses at most this)
 FORECASTS = (("memory_mb", "memory"), ("open_fds", "fds"))   # metric, the resource it is exported as
-# a window spans about one horizon (see _window), and its fit uses every pair of its samples (MAX_PAIRS_POINTS):
-# 1,000 windows of 120 samples (500 agents) were 10 MB of the exporter's memory
-WINDOW_SAMPLES = 60
+# a window spans one horizon (see _window), and its fit uses every pair of its samples (MAX_PAIRS_POINTS): 1,000
+# windows (500 agents) of 120 samples were 10 MB of the exporter's memory, and at 60 their fits a quarter of its CPU
+# (1,770 slopes each); 30 samples an horizon apart make 435, and a trend of an hour is still seen every 2 minutes
+WINDOW_SAMPLES = 30
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):   # a tuple: 500 agents make 500 a sample
     """One agent's figures in one sample: the highest of its processes'; None where not measured."""
 
     name: str
@@ -71,8 +72,9 @@ class Assessment:
 
 
 def _window(horizon: float) -> Window:
-    # one sample a minute for an hour's horizon; proportionally more often for a shorter one
-    return Window(max_samples=WINDOW_SAMPLES, min_interval=min(60.0, horizon / 60.0), max_age=max(6 * 3600.0, 2 * horizon))
+    # WINDOW_SAMPLES samples over one horizon (every 2 minutes for an hour's): a window is full, and spans the
+    # horizon, whatever its length (a fixed interval left a horizon of more than 4 hours without a forecast)
+    return Window(max_samples=WINDOW_SAMPLES, min_interval=horizon / WINDOW_SAMPLES, max_age=max(6 * 3600.0, 2 * horizon))
 
 
 class Thresholds:
@@ -101,23 +103,32 @@ class Thresholds:
         self.evidence = evidence_.load(state_dir)
         self.saved_at = wall()
         self._cores: dict[int, tuple[int, int]] = {}
+        self._watched: tuple[Mapping[str, Agent] | None, set[str]] = (None, set())   # declared agents, their rules' keys
 
     # --- alerts -----------------------------------------------------------------------------------------------
 
     def check(self, observed: Sequence[Observed], *, metrics: Sequence[str] = rules_.METRICS) -> None:
         """Evaluate the rules of `metrics` for each agent; a transition is recorded, logged and sent; a limit acted on."""
         now = self.wall()
+        states = self.states
+        every = metrics is rules_.METRICS
         for o in observed:
             if o.agent is None:
                 continue
             resources = o.agent.resources
             warming = o.started_at is not None and now - o.started_at < resources.warmup
             for rule in rules_.rules_for(o.name, resources):
-                if rule.metric not in metrics:
+                if not every and rule.metric not in metrics:
                     continue
                 value = getattr(o, rule.metric) if o.up else None
-                state, transition = rules_.evaluate(rule, self.states.get(rule.key, QUIET), value, now, warming_up=warming)
-                self.states[rule.key] = state
+                before = states.get(rule.key, QUIET)
+                if before is QUIET and (value is None or value < rule.fire_at):   # most rules at most samples: no change
+                    continue
+                state, transition = rules_.evaluate(rule, before, value, now, warming_up=warming)
+                if state is QUIET:
+                    states.pop(rule.key, None)
+                else:
+                    states[rule.key] = state
                 if transition is None:
                     continue
                 self._record(AlertRecord.of(transition))
@@ -147,7 +158,11 @@ class Thresholds:
 
     def _forget(self, declared: Mapping[str, Agent]) -> None:
         """Alerts of an agent or a threshold the live version no longer has resolve (nobody else would)."""
-        keys = {r.key for name, agent in declared.items() for r in rules_.rules_for(name, agent.resources)}
+        if not self.firing:
+            return
+        if declared is not self._watched[0]:   # the same live version from one sample to the next: its keys once
+            self._watched = (declared, {r.key for name, agent in declared.items() for r in rules_.rules_for(name, agent.resources)})
+        keys = self._watched[1]
         now = self.wall()
         for key, record in list(self.firing.items()):
             if record.level == "PREDICTED":
@@ -206,8 +221,8 @@ class Thresholds:
                                          at=now, summary=summary))
 
     def _fit(self, key: tuple[str, str], samples: tuple[tuple[float, float], ...]) -> Fit | None:
-        """The window's line, fitted again only when its samples changed (a window takes a sample a minute at
-        most; the exporter samples every few seconds)."""
+        """The window's line, fitted again only when its samples changed (a window takes a sample every
+        horizon / WINDOW_SAMPLES at most; the exporter samples every few seconds)."""
         kept = self.fits.get(key)
         if kept is None or kept[0] is not samples:
             kept = self.fits[key] = (samples, fit(samples))

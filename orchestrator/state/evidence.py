@@ -40,7 +40,9 @@ class EvidenceStore:
         self.cores: dict[int, DecayingHistogram] = {}
 
     def observe(self, agent: str, t: float, *, memory_mb_peak: float | None, cpu_percent: float | None) -> None:
-        entry = self.agents.setdefault(agent, _Agent(since=t))
+        entry = self.agents.get(agent)
+        if entry is None:   # not setdefault: its default, two histograms, would be made at every sample of every agent
+            entry = self.agents[agent] = _Agent(since=t)
         if memory_mb_peak is not None:
             entry.memory_peaks.add(memory_mb_peak, t)
         if cpu_percent is not None:

@@ -12,14 +12,16 @@ both read the TCP tables and attribute sockets as they would for agents.
     restart state, the snapshot, and the evaluation of every agent's
     thresholds: alerts, limits, forecasts, health; a live version declares
     each agent with warning, critical and limit thresholds on CPU, memory and
-    open files) and renders the scrape (the Collector through
-    prometheus-client's text exposition). The forecasts are in steady state:
-    first WARM samples a window's interval apart (on the thresholds' clock,
-    moved on by hand) fill every window, then RUNS rounds 5 s apart, the
-    default interval, so each window takes a new sample, and is fitted again,
-    once per interval (2 minutes at the default horizon), as in service. CPU (process time) per round, the mean of RUNS rounds (the
-    rounds that refit every window count with the others); wall time, the
-    median; and the process's peak RSS at the end.
+    open files) and renders the scrape (the Collector's families in the text
+    format, a family at a time as the server sends them; the bench counts
+    what it checks in each). The forecasts are in steady state: first WARM
+    samples a window's interval apart (on the thresholds' clock, moved on by
+    hand) fill every window, then RUNS rounds 5 s apart, the default
+    interval, so each window takes a new sample, and is fitted again, once
+    per window interval (2 minutes at the default horizon), as in service.
+    CPU (process time) per round, the mean of RUNS rounds (the rounds that
+    refit every window count with the others); wall time, the median; and
+    the process's peak RSS at the end.
     supervisord's answer is given by a stand-in naming the N pids, so the
     figures are the exporter's own, not supervisord's getAllProcessInfo
     (which grows with N squared; see DESIGN.md); readiness probes are off.
@@ -66,7 +68,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 OURS = """
 import json, os, resource, statistics, sys, tempfile, time
 from orchestrator.core.processes import ProcessInfo
-from orchestrator.daemons.exporter import Sampler, exposition, registry, settle
+from orchestrator.daemons.exporter import Sampler, exposition_parts, registry, settle
 from orchestrator.daemons.thresholds import WINDOW_SAMPLES, Thresholds
 WARM = WINDOW_SAMPLES + 5
 STEP = 3600.0 / WINDOW_SAMPLES   # the windows' interval at the default horizon (an hour)
@@ -89,21 +91,30 @@ settle()  # as the exporter's main does once started
 for _ in range(WARM):   # a sample a window interval apart until every forecast window is full
     sampler.sample()
     clock[0] += STEP
-exposition(reg)
+def scrape():   # as the server sends it: each family's text as it is written; what the checks below count
+    counts = dict.fromkeys(CHECKS, 0)
+    for part in exposition_parts(reg):
+        for key in CHECKS:
+            counts[key] += part.count(key)
+    return counts
+
+CHECKS = (b"orchestrator_process_resident_memory_bytes{", b'state="listen"} 1.0', b"orchestrator_agent_health_score{",
+          b"orchestrator_agent_threshold_memory_bytes{")
+scrape()
 cpu, wall = [], []
 for _ in range(runs):   # then a sample every 5 s, the default interval: each window takes a new sample every STEP s
     c, w = time.process_time(), time.perf_counter()
     sampler.sample()
-    text = exposition(reg)
+    text = scrape()
     cpu.append(time.process_time() - c)
     wall.append(time.perf_counter() - w)
     clock[0] += 5.0
 assert not alerting or sum(1 for w in thresholds.windows.values() if len(w.samples) == WINDOW_SAMPLES) >= len(pids), \
     "the windows are not full"
-assert text.count(b"orchestrator_process_resident_memory_bytes{") == len(pids), "not every process was sampled"
-assert text.count(b'state="listen"} 1.0') == len(pids), "not every process's socket was found"
-assert not alerting or text.count(b"orchestrator_agent_health_score{") == len(pids), "not every agent was assessed"
-assert text.count(b'orchestrator_agent_threshold_memory_bytes{') == 3 * len(pids), "not every agent's thresholds were exported"
+assert text[CHECKS[0]] == len(pids), "not every process was sampled"
+assert text[CHECKS[1]] == len(pids), "not every process's socket was found"
+assert not alerting or text[CHECKS[2]] == len(pids), "not every agent was assessed"
+assert text[CHECKS[3]] == 3 * len(pids), "not every agent's thresholds were exported"
 print(json.dumps({"cpu": statistics.fmean(cpu), "wall": statistics.median(wall),
                   "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """

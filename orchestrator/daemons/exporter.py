@@ -62,7 +62,7 @@ from orchestrator.core.processes import RUNNING, STARTING, STOPPING, ProcessInfo
 from orchestrator.daemons.notify import Notifications
 from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds
 from orchestrator.host import probes, sampling
-from orchestrator.operations.sequencer import report_limit
+from orchestrator.supervisord.reports import report_limit
 from orchestrator.state import runtime, samples
 from orchestrator.state.history import History, Version
 from orchestrator.supervisord.client import Client
@@ -630,31 +630,35 @@ def _number(value: float) -> str:
 _TEXT_TYPES = {"counter": "_total", "info": "_info"}
 
 
-def exposition(reg: CollectorRegistry) -> bytes:
+def exposition_parts(reg: CollectorRegistry) -> Iterator[bytes]:
     """The registry's families in Prometheus's text format 0.0.4, as prometheus-client's generate_latest writes it
-    (a test holds the two to the same samples), at a fraction of its cost: a scrape of 500 agents is some 16,000
-    lines, and generate_latest validates and escapes every label of every line, where the rows of a `Rows`
-    family carry their text, made once per process."""
-    out: list[str] = []
+    (a test holds the two to the same samples), one family at a time, at a fraction of its cost: a scrape of 500
+    agents is some 16,000 lines, and generate_latest validates and escapes every label of every line, where the
+    rows of a `Rows` family carry their text, made once per label set. A family at a time: the server sends each
+    as it is written, so the whole text (1.5 MB at 500 agents, and as much again encoded) is never held at once."""
     for family in reg.collect():
         name = family.name + _TEXT_TYPES.get(family.type, "")
         kind = "gauge" if family.type == "info" else family.type
         help_text = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {help_text}\n"
-                   f"# TYPE {name} {kind}\n")
+        out = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
         if isinstance(family, Rows):
             sample = family.sample_name
             for (_, text), value in family.rows:
                 # the common case inline (a finite float), the rest through _number: false for NaN and both infinities
                 out.append(f"{sample}{{{text}}} {repr(value) if -_INF < value < _INF else _number(value)}\n")
-            continue
-        for s in family.samples:
-            if s.labels:
-                text = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
-                out.append(f"{s.name}{{{text}}} {_number(s.value)}\n")
-            else:
-                out.append(f"{s.name} {_number(s.value)}\n")
-    return "".join(out).encode("utf-8")
+        else:
+            for s in family.samples:
+                if s.labels:
+                    text = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+                    out.append(f"{s.name}{{{text}}} {_number(s.value)}\n")
+                else:
+                    out.append(f"{s.name} {_number(s.value)}\n")
+        yield "".join(out).encode("utf-8")
+
+
+def exposition(reg: CollectorRegistry) -> bytes:
+    """The whole text of a scrape (exposition_parts, joined)."""
+    return b"".join(exposition_parts(reg))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -664,12 +668,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404)
             return
-        body = exposition(self.registry)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        self.end_headers()   # HTTP/1.0 (http.server's default): the body ends where the connection closes
+        for part in exposition_parts(self.registry):
+            self.wfile.write(part)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
         pass  # a scrape every few seconds is no news

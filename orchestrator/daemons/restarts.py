@@ -63,7 +63,8 @@ from orchestrator.core.names import LOGS_DIR, process_names
 from orchestrator.core.policies import AgentHistory, Exit
 from orchestrator.core.processes import UP_STATES
 from orchestrator.daemons.notify import Notifications
-from orchestrator.operations.sequencer import COMM_TYPE, Event as Progress, Sequencer
+from orchestrator.operations.sequencer import Event as Progress, Sequencer
+from orchestrator.supervisord.reports import COMM_TYPE
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.state import alerts, runtime
 from orchestrator.state.history import History
@@ -239,7 +240,7 @@ class Keeper:
 
     def _forget_removed(self) -> None:
         """Resolve the exit alerts of agents the live version no longer declares (nobody else would): asked by
-        apply when it removes agents (sequencer.report_removed)."""
+        apply when it removes agents (supervisord.reports.report_removed)."""
         declared = self.agents()
         for alert in alerts.active(self.state_dir):
             if alert.metric == "exit" and alert.agent not in declared:

@@ -39,6 +39,7 @@ from orchestrator.state import alerts as history
 from orchestrator.state import evidence as evidence_
 from orchestrator.state.alerts import AlertRecord
 
+NOT_PREDICTED = Predicted()
 QUIET = rules_.QUIET   # a rule seen for the first time, or below its line: neither pending nor firing
 EVIDENCE_SAVE = 60.0     # seconds between two saves of the evidence (a restart of the exporter loses at most this)
 FORECASTS = (("memory_mb", "memory"), ("open_fds", "fds"))   # metric, the resource it is exported as
@@ -87,7 +88,7 @@ class Thresholds:
         self.horizon = 3600.0
         self.states: dict[str, rules_.RuleState] = {}
         self.windows: dict[tuple[str, str], Window] = {}
-        self.fits: dict[tuple[str, str], tuple[tuple[tuple[float, float], ...], Fit | None]] = {}   # key -> (samples, line)
+        self.fits: dict[tuple[str, str], tuple[object, Fit | None]] = {}   # key -> (the window's times, its line)
         self.predicted: dict[tuple[str, str], Predicted] = {}
         self.forecasts: dict[tuple[str, str], Forecast] = {}
         self.last_action: dict[str, float] = {}
@@ -189,15 +190,16 @@ class Thresholds:
                 self.windows.pop(key, None)
                 self.fits.pop(key, None)
                 self.forecasts.pop(key, None)
-                if self.predicted.pop(key, Predicted()).firing:
+                if self.predicted.pop(key, NOT_PREDICTED).firing:
                     self._record(AlertRecord(key=f"{o.name}/{metric}/PREDICTED", agent=o.name, metric=metric,
                                              level="PREDICTED", kind="resolved", value=value or 0.0, threshold=0.0,
                                              at=now, summary=f"{o.name} PREDICTED resolved: {metric} has no limit"))
                 continue
-            if o.up and value is not None:
-                window = self.windows.get(key)
-                self.windows[key] = (window if window is not None else _window(self.horizon)).add(now, value, o.run)
             window = self.windows.get(key)
+            if o.up and value is not None:
+                grown = (window if window is not None else _window(self.horizon)).add(now, value, o.run)
+                if grown is not window:   # most samples: the same window (it takes one every horizon / WINDOW_SAMPLES)
+                    window = self.windows[key] = grown
             fc = forecast(window, float(limit), self.horizon, now, fit_of=partial(self._fit, key)) \
                 if window is not None and o.up else None
             if fc is None:
@@ -206,7 +208,7 @@ class Thresholds:
                 self.forecasts[key] = fc
             if value is None or not o.up:
                 continue
-            before = self.predicted.get(key, Predicted())
+            before = self.predicted.get(key, NOT_PREDICTED)
             firing, after = predicted(before, fc, (float(limit) - value) / float(limit), now, horizon=self.horizon)
             self.predicted[key] = after
             if firing != before.firing:
@@ -220,12 +222,12 @@ class Thresholds:
                                          kind="firing" if firing else "resolved", value=value, threshold=float(limit),
                                          at=now, summary=summary))
 
-    def _fit(self, key: tuple[str, str], samples: tuple[tuple[float, float], ...]) -> Fit | None:
+    def _fit(self, key: tuple[str, str], window: Window) -> Fit | None:
         """The window's line, fitted again only when its samples changed (a window takes a sample every
         horizon / WINDOW_SAMPLES at most; the exporter samples every few seconds)."""
         kept = self.fits.get(key)
-        if kept is None or kept[0] is not samples:
-            kept = self.fits[key] = (samples, fit(samples))
+        if kept is None or kept[0] is not window.times:   # a window's arrays are new whenever it takes a sample
+            kept = self.fits[key] = (window.times, fit(window.samples))
         return kept[1]
 
     # --- the whole assessment ---------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from orchestrator.core.plan import Observed, Plan, plan
 from orchestrator.operations import backups
 from orchestrator.core.versions import next_semver
 from orchestrator.operations import drift
-from orchestrator.operations.sequencer import Result, Sequencer, report_removed
+from orchestrator.operations.sequencer import Result, Sequencer
+from orchestrator.supervisord.reports import report_removed
 from orchestrator.operations.stopping import stop_in_order
 
 Confirm = Callable[[Plan, Plan], bool]

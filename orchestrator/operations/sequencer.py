@@ -23,9 +23,8 @@ through a callback, so the caller decides how to show it.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ from orchestrator.host import ports, probes
 from orchestrator.state import runtime
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo, RUNNING
 from orchestrator.supervisord.client import Client, SupervisorError
+from orchestrator.supervisord.reports import report_not_ready
 from orchestrator.core.model import Agent
 from orchestrator.core.policies import AgentHistory
 from orchestrator.core.names import process_names
@@ -74,37 +74,6 @@ class Result:
     @property
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes.values() if not o.ok]
-
-
-# The REMOTE_COMMUNICATION type a starter uses to report a failed readiness wait to the restart keeper.
-COMM_TYPE = "orchestrator"
-
-
-def report_not_ready(client: Client, agent: str, *, exits: int, detail: str) -> None:
-    """A starter stopped `agent` because it did not become ready: the keeper decides what follows.
-
-    Sent through supervisord (sendRemoteCommEvent), so it reaches the listener as an
-    event, acknowledged only once decided; `exits` is the count the starter saw, so
-    a report about an attempt the keeper has already decided on is ignored.
-    """
-    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "not-ready", "agent": agent, "exits": exits, "detail": detail}))
-
-
-def report_limit(client: Client, agent: str, *, reason: str, detail: str, action: str) -> None:
-    """The exporter saw `agent` at a limit of its resources (core.alerts.on_limit): the keeper acts on it.
-
-    Sent through supervisord like `report_not_ready`; `action` is the manifest's on_limit (restart or stop);
-    `reason` (memory_limit, cpu_limit, fds_limit) is what the restart is counted as.
-    """
-    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "limit", "agent": agent, "reason": reason,
-                                                   "detail": detail, "action": action}))
-
-
-def report_removed(client: Client, agents: Sequence[str]) -> None:
-    """apply removed `agents`: the keeper resolves what it holds open for them (their exit alerts).
-
-    Sent through supervisord like `report_not_ready`: a removed agent that was already down makes no event."""
-    client.send_remote_comm(COMM_TYPE, json.dumps({"kind": "removed", "agents": list(agents)}))
 
 
 class _Watch:

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.config.manifest import LoadOptions, load
 from orchestrator.operations.apply import client_for
-from orchestrator.operations.sequencer import report_limit
+from orchestrator.supervisord.reports import report_limit
 from tests.integration.conftest import crasher, free_ports, gaps, logged, stamps, wait_until, within
 
 pytestmark = pytest.mark.integration

@@ -213,14 +213,14 @@ def test_a_flat_window_is_fitted_as_every_pair_of_its_samples_would_fit_it():
 
 
 def test_the_exporter_fits_a_window_again_only_when_its_samples_changed(tmp_path):
-    """A window takes a sample a minute; the exporter samples every few seconds: refitting every window at every
+    """A window takes a sample every horizon / 30; the exporter samples every few seconds: refitting every window at every
     sample was most of a 500-agent sample's cost. The same samples give the same fit object, unrecomputed."""
     from orchestrator.daemons.thresholds import Thresholds
     thresholds = Thresholds(str(tmp_path), report=lambda action: None, log=lambda line: None)
     key = ("feed", "memory_mb")
-    window = Window(samples=tuple((60.0 * t, 100.0 + t) for t in range(30)), started_at=0.0)
-    first = thresholds._fit(key, window.samples)
-    assert first is not None and thresholds._fit(key, window.samples) is first
+    window = Window.of(tuple((60.0 * t, 100.0 + t) for t in range(30)), started_at=0.0)
+    first = thresholds._fit(key, window)
+    assert first is not None and thresholds._fit(key, window) is first
     grown = window.add(60.0 * 30, 130.0, 0.0)
-    again = thresholds._fit(key, grown.samples)
+    again = thresholds._fit(key, grown)
     assert again is not first and again.slope == pytest.approx(1 / 60)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from types import MappingProxyType
 
 from orchestrator.core.model import Thresholds
@@ -50,9 +51,9 @@ ALERTS_MAX = 40
 UPTIME_MAX = 10
 
 
-@dataclass(frozen=True)
-class HealthInputs:
-    """What the score is computed from, for one agent at one moment. A figure left None is not counted."""
+class HealthInputs(NamedTuple):
+    """What the score is computed from, for one agent at one moment. A figure left None is not counted.
+    (A tuple: the exporter makes one per agent at every sample, at a third of a frozen dataclass's cost.)"""
 
     up: bool = True
     ready: bool = True
@@ -94,8 +95,8 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def headroom_points(value: float, thresholds: Thresholds) -> tuple[float, str]:
-    """The unrounded headroom penalty of `value` against `thresholds`, and its explanation.
+def headroom_points(value: float, thresholds: Thresholds, *, explain: bool = True) -> tuple[float, str]:
+    """The unrounded headroom penalty of `value` against `thresholds`, and its explanation ("" unless `explain`).
 
     Non-decreasing in `value`: the ramp and the steps only grow as it approaches the highest threshold.
     """
@@ -106,19 +107,24 @@ def headroom_points(value: float, thresholds: Thresholds) -> tuple[float, str]:
     name, top = levels[0]
     used = value / top
     ramp = HEADROOM_RAMP * min(1.0, max(0.0, (used - RAMP_START) / (1.0 - RAMP_START)))
-    parts = [f"{ramp:.1f} for {used:.0%} of its {name} {_num(top)}"] if ramp > 0 else []
     step = 0
     if thresholds.critical is not None and value > thresholds.critical:
         step = ABOVE_CRITICAL
-        parts.append(f"{step} above critical {_num(thresholds.critical)}")
     elif thresholds.warning is not None and value > thresholds.warning:
         step = ABOVE_WARNING
-        parts.append(f"{step} above warning {_num(thresholds.warning)}")
+    if not explain:
+        return ramp + step, ""
+    parts = [f"{ramp:.1f} for {used:.0%} of its {name} {_num(top)}"] if ramp > 0 else []
+    if step == ABOVE_CRITICAL:
+        parts.append(f"{step} above critical {_num(thresholds.critical or 0)}")
+    elif step == ABOVE_WARNING:
+        parts.append(f"{step} above warning {_num(thresholds.warning or 0)}")
     return ramp + step, ", ".join(parts)
 
 
-def score(inputs: HealthInputs) -> Health:
-    """The agent's score and every penalty that makes it up."""
+def score(inputs: HealthInputs, *, explain: bool = True) -> Health:
+    """The agent's score and every penalty that makes it up; without `explain`, the penalties' details are empty
+    (the exporter exports causes and points only: the words cost more than the sums at 500 agents a sample)."""
     if not inputs.up:
         return Health(0, (Penalty("down", FULL, inputs.reason or "not running"),))
     if inputs.given_up:
@@ -128,19 +134,19 @@ def score(inputs: HealthInputs) -> Health:
         found.append(("readiness", READINESS, "readiness probe not passing"))
     if inputs.liveness_failures > 0:
         found.append(("liveness", min(LIVENESS_MAX, LIVENESS_PER_FAILURE * inputs.liveness_failures),
-                      f"{inputs.liveness_failures} consecutive liveness failure(s)"))
+                      f"{inputs.liveness_failures} consecutive liveness failure(s)" if explain else ""))
     if inputs.restarts_in_window > 0:
         share = min(1.0, inputs.restarts_in_window / max(1, inputs.max_attempts))
         found.append(("restarts", RESTARTS_MAX * share,
-                      f"{inputs.restarts_in_window} of {inputs.max_attempts} attempts used in the window"))
+                      f"{inputs.restarts_in_window} of {inputs.max_attempts} attempts used in the window" if explain else ""))
     for cause, value, thresholds, unit in (("cpu", inputs.cpu_percent, inputs.cpu, "%"),
                                            ("memory", inputs.memory_mb, inputs.memory, " MB")):
         if value is not None:
-            points, why = headroom_points(value, thresholds)
-            found.append((cause, points, f"{_num(value)}{unit}: {why}"))
+            points, why = headroom_points(value, thresholds, explain=explain)
+            found.append((cause, points, f"{_num(value)}{unit}: {why}" if explain else ""))
     if inputs.open_fds is not None and inputs.fd_limit:
-        points, why = headroom_points(inputs.open_fds, Thresholds(limit=inputs.fd_limit))
-        found.append(("open files", points, f"{inputs.open_fds} open: {why}"))
+        points, why = headroom_points(inputs.open_fds, Thresholds(limit=inputs.fd_limit), explain=explain)
+        found.append(("open files", points, f"{inputs.open_fds} open: {why}" if explain else ""))
     if inputs.alerts:
         counts = {s: inputs.alerts.count(s) for s in sorted(set(inputs.alerts), key=lambda s: -ALERT_POINTS.get(s, 0))}
         total = sum(ALERT_POINTS.get(s, 0) * n for s, n in counts.items())
@@ -149,6 +155,7 @@ def score(inputs: HealthInputs) -> Health:
         found.append(("alerts", min(ALERTS_MAX, total), f"{listed} open{capped}"))
     if inputs.uptime is not None and inputs.reset_after > 0 and inputs.uptime < inputs.reset_after:
         found.append(("uptime", UPTIME_MAX * (1.0 - max(0.0, inputs.uptime) / inputs.reset_after),
-                      f"up {_num(round(inputs.uptime, 1))}s of the {_num(inputs.reset_after)}s that prove it stable"))
-    penalties = tuple(Penalty(cause, _round(points), detail) for cause, points, detail in found if _round(points) > 0)
+                      f"up {_num(round(inputs.uptime, 1))}s of the {_num(inputs.reset_after)}s that prove it stable"
+                      if explain else ""))
+    penalties = tuple(Penalty(cause, rounded, detail) for cause, points, detail in found if (rounded := _round(points)) > 0)
     return Health(max(0, FULL - sum(p.points for p in penalties)), penalties)

@@ -286,5 +286,6 @@ class Thresholds:
                                   cpu_percent=o.cpu_percent, cpu=resources.cpu_percent,
                                   memory_mb=o.memory_mb, memory=resources.memory_mb,
                                   open_fds=None if o.open_fds is None else int(o.open_fds), fd_limit=resources.open_files,
-                                  alerts=levels, uptime=uptime if o.up else None, reset_after=policy.reset_after))
+                                  alerts=levels, uptime=uptime if o.up else None, reset_after=policy.reset_after),
+                     explain=False)   # the exporter exports causes and points; `status NAME` explains its own score
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 
 
 from orchestrator.core.units import MIB
@@ -133,9 +133,9 @@ def _health(agent: Agent | None, history: AgentHistory, figures: HealthInputs | 
         return None, ()
     inputs = figures or HealthInputs(up=False, ready=False, given_up=history.given_up, reason=history.reason or "absent")
     resources, policy = agent.resources, agent.restart
-    health = score(replace(inputs, restarts_in_window=len(history.failures), max_attempts=policy.max_attempts,
-                           reset_after=policy.reset_after, cpu=resources.cpu_percent, memory=resources.memory_mb,
-                           fd_limit=resources.open_files, alerts=alerts))
+    health = score(inputs._replace(restarts_in_window=len(history.failures), max_attempts=policy.max_attempts,
+                                   reset_after=policy.reset_after, cpu=resources.cpu_percent, memory=resources.memory_mb,
+                                   fd_limit=resources.open_files, alerts=alerts))
     return health.score, tuple(asdict(p) for p in health.penalties)
 
 

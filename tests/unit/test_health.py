@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -31,11 +30,11 @@ def test_a_healthy_agent_scores_100_with_no_penalties():
 
 
 def test_a_down_agent_scores_0_and_says_why():
-    assert score(replace(HEALTHY, up=False, reason="exit status 1")) == Health(0, (Penalty("down", 100, "exit status 1"),))
+    assert score(HEALTHY._replace(up=False, reason="exit status 1")) == Health(0, (Penalty("down", 100, "exit status 1"),))
 
 
 def test_a_given_up_agent_scores_0_and_says_why():
-    h = score(replace(HEALTHY, given_up=True, reason="5 attempts within 600s"))
+    h = score(HEALTHY._replace(given_up=True, reason="5 attempts within 600s"))
     assert h == Health(0, (Penalty("given up", 100, "5 attempts within 600s"),))
 
 
@@ -64,7 +63,7 @@ def test_a_given_up_agent_scores_0_and_says_why():
     ({"uptime": 300}, "uptime", None),
 ])
 def test_each_cause_alone_costs_what_the_formula_says(change, cause, points):
-    h = score(replace(HEALTHY, **change))
+    h = score(HEALTHY._replace(**change))
     if not points:
         assert h == Health(100, ())
         return
@@ -74,16 +73,16 @@ def test_each_cause_alone_costs_what_the_formula_says(change, cause, points):
 
 
 def test_a_threshold_that_is_absent_costs_nothing_and_the_next_highest_sets_the_ramp():
-    assert score(replace(HEALTHY, memory_mb=10_000, memory=Thresholds())) == Health(100, ())
-    only_warning = score(replace(HEALTHY, memory_mb=300, memory=Thresholds(warning=200)))
+    assert score(HEALTHY._replace(memory_mb=10_000, memory=Thresholds())) == Health(100, ())
+    only_warning = score(HEALTHY._replace(memory_mb=300, memory=Thresholds(warning=200)))
     assert _points(only_warning) == {"memory": 10 + 5}
     assert "of its warning 200" in only_warning.penalties[0].detail
 
 
 def test_penalties_add_up_and_the_score_clamps_at_zero():
-    some = replace(HEALTHY, ready=False, liveness_failures=1, uptime=150)
+    some = HEALTHY._replace(ready=False, liveness_failures=1, uptime=150)
     assert score(some).score == 100 - health.READINESS - 10 - 5
-    everything = replace(HEALTHY, ready=False, liveness_failures=3, restarts_in_window=4, memory_mb=399, cpu_percent=95,
+    everything = HEALTHY._replace(ready=False, liveness_failures=3, restarts_in_window=4, memory_mb=399, cpu_percent=95,
                          open_fds=1024, alerts=("EMERGENCY", "CRITICAL"), uptime=1)
     h = score(everything)
     assert h.score == 0
@@ -92,7 +91,7 @@ def test_penalties_add_up_and_the_score_clamps_at_zero():
 
 
 def test_every_lost_point_is_named():
-    h = score(replace(HEALTHY, ready=False, memory_mb=310, alerts=("WARNING", "CRITICAL"), uptime=30))
+    h = score(HEALTHY._replace(ready=False, memory_mb=310, alerts=("WARNING", "CRITICAL"), uptime=30))
     assert h.score == 100 - sum(p.points for p in h.penalties)
     assert all(p.points > 0 and p.cause and p.detail for p in h.penalties)
     alerts = next(p for p in h.penalties if p.cause == "alerts")
@@ -102,8 +101,8 @@ def test_every_lost_point_is_named():
 @given(a=st.floats(0, 2000), b=st.floats(0, 2000))
 def test_memory_headroom_costs_more_as_usage_approaches_the_limit(a, b):
     low, high = sorted((a, b))
-    assert _points(score(replace(HEALTHY, memory_mb=low))).get("memory", 0) <= \
-        _points(score(replace(HEALTHY, memory_mb=high))).get("memory", 0)
+    assert _points(score(HEALTHY._replace(memory_mb=low))).get("memory", 0) <= \
+        _points(score(HEALTHY._replace(memory_mb=high))).get("memory", 0)
 
 
 @given(a=st.floats(0, 200), b=st.floats(0, 200), warning=st.none() | st.floats(1, 100),
@@ -119,7 +118,7 @@ def test_any_headroom_penalty_is_monotonic_in_usage_and_bounded(a, b, warning, c
 @given(fds=st.integers(0, 5000), more=st.integers(0, 5000))
 def test_open_files_headroom_is_monotonic(fds, more):
     def cost(n: int) -> int:
-        return _points(score(replace(HEALTHY, open_fds=n))).get("open files", 0)
+        return _points(score(HEALTHY._replace(open_fds=n))).get("open files", 0)
     assert cost(fds) <= cost(fds + more) <= health.HEADROOM_RAMP
 
 
@@ -140,3 +139,16 @@ def test_the_readme_worked_example_is_what_the_function_computes():
     assert written == _points(h)
     assert lost == sum(written.values())
     assert total == h.score == 46
+
+
+@given(st.builds(HealthInputs, ready=st.booleans(), liveness_failures=st.integers(0, 5), restarts_in_window=st.integers(0, 6),
+                 cpu_percent=st.none() | st.floats(0, 400), cpu=st.just(Thresholds(warning=70, critical=90)),
+                 memory_mb=st.none() | st.floats(0, 1000), memory=st.just(Thresholds(warning=300, critical=400, limit=512)),
+                 open_fds=st.none() | st.integers(0, 2000), fd_limit=st.none() | st.integers(1, 1024),
+                 alerts=st.lists(st.sampled_from(["WARNING", "CRITICAL", "EMERGENCY", "PREDICTED"]), max_size=4).map(tuple),
+                 uptime=st.none() | st.floats(0, 1000)))
+def test_a_score_without_its_explanations_has_the_same_points_by_cause(inputs):
+    """The exporter scores every agent at every sample without the words (it exports causes and points)."""
+    explained, bare = score(inputs), score(inputs, explain=False)
+    assert bare.score == explained.score
+    assert [(p.cause, p.points) for p in bare.penalties] == [(p.cause, p.points) for p in explained.penalties]

@@ -33,7 +33,7 @@ import os
 import socket
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -76,8 +76,7 @@ class Pass:
     errors: int = 0     # reads that failed for another reason (a permission, an unexpected format)
 
 
-@dataclass
-class _Stat:
+class _Stat(NamedTuple):
     ppid: int
     start: int   # clock ticks after boot: with the pid, names one process
     cpu: float

@@ -462,34 +462,41 @@ def _process_families(snap: Snapshot) -> Iterator[Metric]:
     switches = family(counter, "context_switches", "context switches of the main thread of each process of the tree")
     tcp = family(gauge, "tcp_connections", "TCP sockets of the tree, by state (established and listen always; others when in use)")
     listening = family(gauge, "listening_port", "1 for each TCP port the tree listens on")
+    # each family's rows.append, bound once: some 14,000 rows a scrape at 500 agents, where a call of `put` each
+    # was a tenth of the scrape
+    add_state, add_uptime, add_members, add_cpu, add_ratio, add_rss, add_vms, add_pss, add_uss, add_read, add_written, \
+        add_fds, add_max_fds, add_threads, add_switches, add_tcp, add_listening = (
+            f.rows.append for f in (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds,
+                                    threads, switches, tcp, listening))
     for p in snap.processes:
         agent, process = ("agent", p.agent), ("process", p.process)
         labels = labelset(agent, process)
-        state.put(labelset(agent, process, ("state", p.state)), 1.0)   # the state it is in only: eight zeros a
-        uptime.put(labels, p.uptime)                                    # process would double a scrape
+        # the state it is in only: eight zeros a process would double a scrape
+        add_state((labelset(agent, process, ("state", p.state)), 1.0))
+        add_uptime((labels, float(p.uptime)))
         f = p.figures
         if f is None:
             continue
-        members.put(labels, f.processes)
-        cpu.put(labels, f.cpu_seconds)
+        add_members((labels, float(f.processes)))
+        add_cpu((labels, float(f.cpu_seconds)))
         if p.cpu_ratio is not None:
-            ratio.put(labels, p.cpu_ratio)
-        rss.put(labels, f.rss_bytes)
-        vms.put(labels, f.vms_bytes)
+            add_ratio((labels, float(p.cpu_ratio)))
+        add_rss((labels, float(f.rss_bytes)))
+        add_vms((labels, float(f.vms_bytes)))
         if f.pss_bytes is not None and f.uss_bytes is not None:
-            pss.put(labels, f.pss_bytes)
-            uss.put(labels, f.uss_bytes)
-        read.put(labels, f.read_bytes)
-        written.put(labels, f.write_bytes)
-        fds.put(labels, f.open_fds)
+            add_pss((labels, float(f.pss_bytes)))
+            add_uss((labels, float(f.uss_bytes)))
+        add_read((labels, float(f.read_bytes)))
+        add_written((labels, float(f.write_bytes)))
+        add_fds((labels, float(f.open_fds)))
         if f.fd_limit is not None:
-            max_fds.put(labels, f.fd_limit)
-        threads.put(labels, f.threads)
-        switches.put(labels, f.context_switches)
+            add_max_fds((labels, float(f.fd_limit)))
+        add_threads((labels, float(f.threads)))
+        add_switches((labels, float(f.context_switches)))
         for name in sorted({"established", "listen", *f.tcp}):  # the two that always matter, and any other in use
-            tcp.put(labelset(agent, process, ("state", name)), f.tcp.get(name, 0))
+            add_tcp((labelset(agent, process, ("state", name)), float(f.tcp.get(name, 0))))
         for port in sorted(f.listening_ports):
-            listening.put(labelset(agent, process, ("port", str(port))), 1.0)
+            add_listening((labelset(agent, process, ("port", str(port))), 1.0))
     yield from (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds, threads,
                 switches, tcp, listening)
 
@@ -527,10 +534,22 @@ def _reasons(agent: str) -> tuple[tuple[str, LabelSet], ...]:
     return tuple((reason, labelset(("agent", agent), ("reason", reason))) for reason in RESTART_REASONS)
 
 
-@lru_cache(maxsize=LABEL_SETS)
+_THRESHOLD_ROWS: dict[str, tuple[Resources, tuple[tuple[int, LabelSet, float], ...]]] = {}
+
+
 def _thresholds(agent: str, resources: Resources) -> tuple[tuple[int, LabelSet, float], ...]:
     """The threshold gauges of an agent, as (family: 0 CPU, 1 memory, 2 open files, label set, value): the same
-    declaration from one scrape to the next, so they are made once per live version."""
+    declaration from one scrape to the next, so they are made once per live version (kept by the declaration's
+    identity: hashing it, a dozen nested fields, cost more than the rows)."""
+    kept = _THRESHOLD_ROWS.get(agent)
+    if kept is None or kept[0] is not resources:
+        if len(_THRESHOLD_ROWS) > LABEL_SETS:
+            _THRESHOLD_ROWS.clear()
+        kept = _THRESHOLD_ROWS[agent] = (resources, _threshold_rows(agent, resources))
+    return kept[1]
+
+
+def _threshold_rows(agent: str, resources: Resources) -> tuple[tuple[int, LabelSet, float], ...]:
     rows = []
     for severity in ("warning", "critical", "limit"):
         value = getattr(resources.cpu_percent, severity)

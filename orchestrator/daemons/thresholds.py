@@ -105,6 +105,7 @@ class Thresholds:
         self.saved_at = wall()
         self._cores: dict[int, tuple[int, int]] = {}
         self._watched: tuple[Mapping[str, Agent] | None, set[str]] = (None, set())   # declared agents, their rules' keys
+        self._rules: dict[str, tuple[object, tuple[rules_.Rule, ...]]] = {}   # agent -> (its resources, their rules)
 
     # --- alerts -----------------------------------------------------------------------------------------------
 
@@ -118,7 +119,10 @@ class Thresholds:
                 continue
             resources = o.agent.resources
             warming = o.started_at is not None and now - o.started_at < resources.warmup
-            for rule in rules_.rules_for(o.name, resources):
+            kept = self._rules.get(o.name)
+            if kept is None or kept[0] is not resources:   # the same declaration from sample to sample: no hashing
+                kept = self._rules[o.name] = (resources, rules_.rules_for(o.name, resources))
+            for rule in kept[1]:
                 if not every and rule.metric not in metrics:
                     continue
                 value = getattr(o, rule.metric) if o.up else None
@@ -244,6 +248,8 @@ class Thresholds:
                 self.evidence.observe(o.name, now, memory_mb_peak=o.memory_mb, cpu_percent=o.cpu_percent)
         self._forget(declared)
         names = {o.name for o in observed}
+        if len(self._rules) > len(names):
+            self._rules = {name: kept for name, kept in self._rules.items() if name in names}
         for key in [k for k in self.windows if k[0] not in names]:
             self.windows.pop(key, None)
             self.fits.pop(key, None)

@@ -150,7 +150,7 @@ class Sampler:
         self.log = log
         self.clock = clock
         self.probe = probe
-        self.history = History(state_dir)
+        self.history = History(state_dir, programs=False)   # the live version's agents and settings are what it reads
         self.notifications = Notifications(self.history, log=log)   # the threshold alerts' (the keeper sends its own)
         if thresholds is not None:
             thresholds.notify = self.notifications.submit
@@ -372,7 +372,7 @@ class Sampler:
 
 
 LabelSet = tuple[tuple[tuple[str, str], ...], str]   # labels, (name, value) pairs, and their text in the exposition
-LABEL_SETS = 65536   # label sets kept from one scrape to the next (a few per process: 500 agents make some 8,000)
+LABEL_SETS = 65536   # label sets kept from one scrape to the next (one per process and a few per agent)
 
 
 @lru_cache(maxsize=LABEL_SETS)
@@ -380,6 +380,12 @@ def labelset(*pairs: tuple[str, str]) -> LabelSet:
     """The label set of `pairs` (name, value), made once: the same agents and processes make the same label sets
     at every scrape, so each one's text is escaped once, not 16,000 times a scrape."""
     return pairs, ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
+
+
+def extended(base: LabelSet, name: str, value: str) -> LabelSet:
+    """`base` with one more label, made anew (not kept: a process's state and each of its TCP states would
+    make the kept sets several times as many)."""
+    return (*base[0], (name, value)), f'{base[1]},{name}="{_escape(value)}"'
 
 
 class Rows(Metric):
@@ -469,10 +475,9 @@ def _process_families(snap: Snapshot) -> Iterator[Metric]:
             f.rows.append for f in (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds,
                                     threads, switches, tcp, listening))
     for p in snap.processes:
-        agent, process = ("agent", p.agent), ("process", p.process)
-        labels = labelset(agent, process)
+        labels = labelset(("agent", p.agent), ("process", p.process))
         # the state it is in only: eight zeros a process would double a scrape
-        add_state((labelset(agent, process, ("state", p.state)), 1.0))
+        add_state((extended(labels, "state", p.state), 1.0))
         add_uptime((labels, float(p.uptime)))
         f = p.figures
         if f is None:
@@ -494,9 +499,9 @@ def _process_families(snap: Snapshot) -> Iterator[Metric]:
         add_threads((labels, float(f.threads)))
         add_switches((labels, float(f.context_switches)))
         for name in sorted({"established", "listen", *f.tcp}):  # the two that always matter, and any other in use
-            add_tcp((labelset(agent, process, ("state", name)), float(f.tcp.get(name, 0))))
+            add_tcp((extended(labels, "state", name), float(f.tcp.get(name, 0))))
         for port in sorted(f.listening_ports):
-            add_listening((labelset(agent, process, ("port", str(port))), 1.0))
+            add_listening((extended(labels, "port", str(port)), 1.0))
     yield from (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds, threads,
                 switches, tcp, listening)
 
@@ -570,9 +575,10 @@ def _threshold_families(assessment: Assessment) -> Iterator[Metric]:
     health = gauge("orchestrator_agent_health_score", "health from 0 to 100 (core.health)")
     penalty = gauge("orchestrator_agent_health_penalty_points", "points the health score loses, by cause")
     for name, h in sorted(assessment.health.items()):
-        health.put(labelset(("agent", name)), h.score)
+        labels = labelset(("agent", name))
+        health.put(labels, h.score)
         for p in h.penalties:
-            penalty.put(labelset(("agent", name), ("cause", p.cause)), p.points)
+            penalty.put(extended(labels, "cause", p.cause), p.points)
     point = gauge("orchestrator_agent_exhaustion_seconds",
                   "seconds until the trend reaches the limit (memory: memory_mb.limit; fds: open_fds.limit or the "
                   "open-files limit); absent while there is no forecast or it is not growing")

@@ -157,9 +157,12 @@ def take_claim(state_dir: str, supervisord_pid: int) -> bool:
 
 
 class History:
-    def __init__(self, state_dir: str) -> None:
+    def __init__(self, state_dir: str, *, programs: bool = True) -> None:
+        """`programs` off: versions are read without their rendered programs (`Version.programs` empty), for a
+        reader that needs the agents alone (the exporter: a 500-agent version's programs are 600 KB of text)."""
         self.state_dir = state_dir
         self.root = os.path.join(state_dir, HISTORY)
+        self.programs = programs
         self._live: tuple[str, Version] | None = None
 
     @property
@@ -231,7 +234,7 @@ class History:
                 agents = {name: agent_from_plain(data) for name, data in json.load(handle).items()}
             programs = {}
             programs_dir = os.path.join(path, PROGRAMS_DIR)
-            for name in sorted(os.listdir(programs_dir)):
+            for name in sorted(os.listdir(programs_dir)) if self.programs else ():
                 with open(os.path.join(programs_dir, name), encoding="utf-8") as handle:
                     programs[name.removesuffix(".conf")] = handle.read()
             with open(os.path.join(path, MAIN_CONFIG), encoding="utf-8") as handle:

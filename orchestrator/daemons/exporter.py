@@ -524,47 +524,41 @@ def _agent_families(snap: Snapshot) -> Iterator[Metric]:
         counted = a.history.restart_reasons
         # automatic restarts counted before reasons were kept are crashes: the labelled sum still says them all
         earlier = max(0, a.history.restarts - sum(v for k, v in counted.items() if k not in ("dependency", "operator")))
-        for reason, labels_of_reason in _reasons(a.name):
-            restarts.put(labels_of_reason, counted.get(reason, 0) + (earlier if reason == "crash" else 0))
+        for reason in RESTART_REASONS:
+            restarts.put(extended(labels, "reason", reason), counted.get(reason, 0) + (earlier if reason == "crash" else 0))
         given_up.put(labels, 1.0 if a.history.given_up else 0.0)
         if a.agent is not None:
-            for family, labels, value in _thresholds(a.name, a.agent.resources):
-                (cpu, memory, files)[family].put(labels, value)
+            for family, severity, value in _thresholds(a.name, a.agent.resources):
+                (cpu, memory, files)[family].put(extended(labels, "severity", severity) if severity else labels, value)
     yield from (up, ready, restarts, given_up, cpu, memory, files)
 
 
-@lru_cache(maxsize=LABEL_SETS)
-def _reasons(agent: str) -> tuple[tuple[str, LabelSet], ...]:
-    """Each restart reason, and the label set of the agent's restarts by it."""
-    return tuple((reason, labelset(("agent", agent), ("reason", reason))) for reason in RESTART_REASONS)
+_THRESHOLD_ROWS: dict[str, tuple[Resources, tuple[tuple[int, str, float], ...]]] = {}
 
 
-_THRESHOLD_ROWS: dict[str, tuple[Resources, tuple[tuple[int, LabelSet, float], ...]]] = {}
-
-
-def _thresholds(agent: str, resources: Resources) -> tuple[tuple[int, LabelSet, float], ...]:
-    """The threshold gauges of an agent, as (family: 0 CPU, 1 memory, 2 open files, label set, value): the same
-    declaration from one scrape to the next, so they are made once per live version (kept by the declaration's
-    identity: hashing it, a dozen nested fields, cost more than the rows)."""
+def _thresholds(agent: str, resources: Resources) -> tuple[tuple[int, str, float], ...]:
+    """The threshold gauges of an agent, as (family: 0 CPU, 1 memory, 2 open files; severity, "" for open files;
+    value): the same declaration from one scrape to the next, so they are made once per live version (kept by
+    the declaration's identity: hashing it, a dozen nested fields, cost more than the rows)."""
     kept = _THRESHOLD_ROWS.get(agent)
     if kept is None or kept[0] is not resources:
         if len(_THRESHOLD_ROWS) > LABEL_SETS:
             _THRESHOLD_ROWS.clear()
-        kept = _THRESHOLD_ROWS[agent] = (resources, _threshold_rows(agent, resources))
+        kept = _THRESHOLD_ROWS[agent] = (resources, _threshold_rows(resources))
     return kept[1]
 
 
-def _threshold_rows(agent: str, resources: Resources) -> tuple[tuple[int, LabelSet, float], ...]:
+def _threshold_rows(resources: Resources) -> tuple[tuple[int, str, float], ...]:
     rows = []
     for severity in ("warning", "critical", "limit"):
         value = getattr(resources.cpu_percent, severity)
         if value is not None:
-            rows.append((0, labelset(("agent", agent), ("severity", severity)), value / 100.0))
+            rows.append((0, severity, value / 100.0))
         value = getattr(resources.memory_mb, severity)
         if value is not None:
-            rows.append((1, labelset(("agent", agent), ("severity", severity)), value * 1024.0 * 1024.0))
+            rows.append((1, severity, value * 1024.0 * 1024.0))
     if resources.open_files is not None:
-        rows.append((2, labelset(("agent", agent)), float(resources.open_files)))
+        rows.append((2, "", float(resources.open_files)))
     return tuple(rows)
 
 

@@ -182,6 +182,26 @@ class Grafana:
 
 
 @dataclass(frozen=True)
+class WebUser:
+    """Who may use the control room (`orchestrator web`), with what role: a viewer sees, an operator also acts."""
+
+    name: str
+    role: str = "viewer"               # one of WEB_ROLES
+
+
+WEB_ROLES: tuple[str, ...] = ("viewer", "operator")
+
+
+@dataclass(frozen=True)
+class Web:
+    """The control room's settings: where it listens, and its users (each with a token of its own)."""
+
+    listen: str = "127.0.0.1:9400"
+    allow_remote: bool = False         # an address other than loopback must be asked for
+    users: tuple[WebUser, ...] = (WebUser("operator", "operator"),)
+
+
+@dataclass(frozen=True)
 class HistorySettings:
     keep: int = 50               # the newest versions kept (besides tagged ones, the live one and the last applied one)
 
@@ -204,6 +224,7 @@ class Settings:
     defaults: Mapping[str, Any] = field(default_factory=_empty)
     history: HistorySettings = field(default_factory=HistorySettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
+    web: Web | None = None             # None: no `web` in orchestrator.yaml (`orchestrator web` uses Web())
 
 
 # A stored copy of a manifest set (history's `manifests/` of a version) holds this file, naming the

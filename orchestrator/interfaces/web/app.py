@@ -56,8 +56,10 @@ HERE = Path(__file__).resolve().parent
 COOKIE = "orchestrator_session"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# Referrer-Policy same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with a form POST,
+# and the login (a form) could not be told from a foreign one.
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
-           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+           "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 LOG_TAIL_MAX = 2000          # lines
 LOG_TAIL_BYTES = 512 * 1024  # read no more than the end of a log file
 PING = 15.0                  # seconds between keep-alive comments on an idle event stream

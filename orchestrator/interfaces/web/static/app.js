@@ -91,7 +91,7 @@ function drawGraph() {
       const c = state.cards[name];
       const deps = state.graph.depends_on[name] || [];
       return el("div", { class: "node " + (c ? c.color : "red"), "data-node": name }, name,
-        deps.length ? el("small", {}, " ← " + deps.join(", ")) : "");
+        deps.length ? el("small", {}, "needs " + deps.join(", ")) : "");
     })));
   $("graph").replaceChildren(...waves);
 }
@@ -100,7 +100,7 @@ function drawGraph() {
 
 function line(svg, points, field, scale) {
   const values = points.map((p) => p[field]).filter((v) => v !== null);
-  const top = Math.max(scale, ...values) || 1;
+  const top = Math.max(scale, ...values) * 1.25 || 1;
   const span = points.length > 1 ? points[points.length - 1].at - points[0].at : 1;
   const coords = points.filter((p) => p[field] !== null).map((p) =>
     `${((p.at - points[0].at) / (span || 1) * 300).toFixed(1)},${(78 - p[field] / top * 74).toFixed(1)}`);
@@ -240,6 +240,8 @@ document.addEventListener("DOMContentLoaded", async () => {
     await fetch("/logout", { method: "POST", headers: { "X-CSRF-Token": state.csrf }, credentials: "same-origin" });
     window.location = "/";
   });
+  const linked = /^#agent=(.+)$/.exec(window.location.hash);   // a Grafana panel's link to one agent's card
+  if (linked) { state.selected = decodeURIComponent(linked[1]); drawDetail().catch(() => { state.selected = null; }); }
   connect();
   drawHistory();
   drawAudit();

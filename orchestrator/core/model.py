@@ -278,11 +278,11 @@ class ManifestSet:
 
 def kept_settings(manifests: ManifestSet) -> dict[str, Any]:
     """What a version keeps of the settings, beside its agents, for the daemons that read them (the exporter's
-    forecast horizon, the notification targets of both daemons), as JSON-ready data: a change of any of them is a
-    change `plan` shows and apply records, though no agent restarts."""
+    forecast horizon, the notification targets of both daemons, the control room run under supervisord), as
+    JSON-ready data: a change of any of them is a change `plan` shows and apply records, though no agent restarts."""
     settings = manifests.settings
     return {"project": settings.project, "notifications": to_plain(settings.notifications),
-            "exporter": to_plain(settings.exporter)}
+            "exporter": to_plain(settings.exporter), "web": to_plain(settings.web)}
 
 
 def to_plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """The control room (`orchestrator web`), end to end: the five demo trading agents under a real supervisord, the real
-`orchestrator web` process, its JSON API over HTTP, and its page in Debian's headless Chromium driven by Selenium.
+`orchestrator web` process (run by supervisord, since orchestrator.yaml has `web:`), its JSON API over HTTP, and its
+page in Debian's headless Chromium driven by Selenium.
 
 One project and one web server serve every test of the module (in file order: the page first, the security checks
 last, since the login rate limit they provoke would lock the browser out); both are stopped even when a test fails.
@@ -13,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import ORCHESTRATOR, Project, free_ports, wait_until
+from tests.integration.conftest import Project, free_ports, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,6 @@ class Room:
     url: str
     operator: str        # tokens
     viewer: str
-    process: subprocess.Popen[str]
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -64,6 +63,18 @@ class Room:
 
     def last(self, agent: str, what: str) -> datetime:
         return max(t for t, text in self.log(agent) if text.startswith(what))
+
+    def stopped(self, agent: str, since: datetime) -> datetime:
+        """When the agent stopped after `since`: its own "stopping" line; or, when it logged none (a demo agent
+        that did not end on SIGTERM within its stop_timeout is SIGKILLed: no last line), supervisord's "stopped"."""
+        own = [t for t, text in self.log(agent) if text.startswith("stopping") and t >= since]
+        if own:
+            return max(own)
+        found = []
+        for line in (self.project.state / "logs" / "supervisord.log").read_text().splitlines():
+            if f"stopped: {agent} (" in line:
+                found.append(datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone())
+        return max(t for t in found if t >= since)
 
 
 def _demo_manifests(project: Project, web_port: int) -> None:
@@ -91,8 +102,8 @@ def _demo_manifests(project: Project, web_port: int) -> None:
 
 @pytest.fixture(scope="module")
 def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
+    """The demo up, with `web:` in its orchestrator.yaml: `up` runs the control room under supervisord."""
     project = Project(tmp_path_factory.mktemp("web"))
-    process = None
     try:
         port = free_ports(1)[0]
         _demo_manifests(project, port)
@@ -101,21 +112,16 @@ def room(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
         for user in ("alice", "bob"):
             shown = project.run("web", "--show-url", "--user", user, "--output", "json", check=True)
             tokens[user] = json.loads(shown.stdout)["token"]
-        process = subprocess.Popen([ORCHESTRATOR, "-m", str(project.manifests), "web"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, "NO_COLOR": "1"})
-        assert process.stderr is not None
-        line = process.stderr.readline()   # "The control room is at URL ..." once it listens
-        assert "control room is at" in line, line + process.stderr.read()
-        yield Room(project, f"http://127.0.0.1:{port}", tokens["alice"], tokens["bob"], process)
+        room = Room(project, f"http://127.0.0.1:{port}", tokens["alice"], tokens["bob"])
+
+        def answers() -> bool:
+            with contextlib.suppress(httpx.TransportError), room.client(room.viewer) as client:
+                return client.get("/api/session").status_code == 200
+            return False
+
+        wait_until(answers, 30, interval=0.1, message="the control room under supervisord")
+        yield room
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
         project.teardown()
 
 
@@ -227,8 +233,7 @@ def test_stop_all_then_start_all_go_in_reverse_and_dependency_order(room: Room, 
     _click(browser, "button[data-bulk=stop-all]")
     assert _confirm(browser).startswith("Stop every agent, dependents first: order-executor")
     wait_until(lambda: all(_color(browser, a) == "red" for a in ROLES), 30, message="every card red")
-    stops = {a: room.last(a, "stopping") for a in ROLES}
-    assert all(t >= started for t in stops.values()), (started, stops)
+    stops = {a: room.stopped(a, started) for a in ROLES}
     assert stops["order-executor"] <= min(stops["strategy-engine"], stops["risk-manager"])
     assert stops["risk-manager"] <= stops["portfolio-tracker"] <= stops["market-data"]
     assert stops["strategy-engine"] <= stops["market-data"]

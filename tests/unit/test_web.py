@@ -155,3 +155,15 @@ def test_a_page_that_reconnects_gets_the_events_it_missed_and_an_id_of_another_r
     stream.publish("result", {"result": "ok"})
     assert [e.data for e in stream.since(stream.event_id(first))] == [{"text": "market-data: stopped"}, {"result": "ok"}]
     assert len(stream.since(f"{stream.boot - 1}-1")) == 3 and len(stream.since("garbage")) == 3
+
+
+def test_the_grafana_overview_links_each_agent_to_its_card_when_the_control_room_is_configured(manifest_set):
+    from orchestrator.operations import dashboards
+
+    agent = {"agents/a.yaml": "name: a\ncommand: [sh]\n"}
+    with_web = _load(manifest_set({**agent, "orchestrator.yaml": "web:\n  listen: 127.0.0.1:9444\n"}))
+    links = [link["url"] for panel in dashboards.overview(with_web)["panels"] for link in panel.get("links") or []]
+    assert "http://localhost:9444/#agent=a" in links
+    without = _load(manifest_set({**agent, "orchestrator.yaml": "project: p\n"}))
+    assert not any("#agent=" in link["url"] for panel in dashboards.overview(without)["panels"]
+                   for link in panel.get("links") or [])

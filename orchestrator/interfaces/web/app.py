@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +63,7 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", 
            "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}
 LOG_TAIL_MAX = 2000          # lines
 LOG_TAIL_BYTES = 512 * 1024  # read no more than the end of a log file
+_CARD_LINK = re.compile(r"#agent=[a-z0-9][a-z0-9_-]{0,62}")   # where a login may lead: one agent's card, nothing else
 PING = 15.0                  # seconds between keep-alive comments on an idle event stream
 
 
@@ -142,7 +144,8 @@ def build(web: Web) -> Starlette:
             web.desk.audit(Who("?", "-"), "login", address, "refused", "wrong token")
             return RedirectResponse("/?error=wrong+token", status_code=303)
         session = web.sessions.open(user)
-        response = RedirectResponse("/", status_code=303)
+        then = (fields.get("next") or [""])[0]
+        response = RedirectResponse("/" + then if _CARD_LINK.fullmatch(then) else "/", status_code=303)
         response.set_cookie(COOKIE, session.id, httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
         return response

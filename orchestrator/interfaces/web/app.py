@@ -127,7 +127,14 @@ def build(web: Web) -> Starlette:
         session = web.session(request)
         if session is None:
             return web.page("login.html.j2", error=request.query_params.get("error", ""))
-        return web.page("page.html.j2", user=session.user, role=session.role)
+        found = web.board.graph()
+        # the first picture comes with the page (a JSON data block: no script runs from it, the CSP stands), so the
+        # grid is drawn without waiting for the API or the event stream
+        initial = {"session": {"user": session.user, "role": session.role, "csrf": session.csrf},
+                   "graph": {"waves": [list(w) for w in found.waves], "depends_on": {k: list(v) for k, v in found.depends_on.items()}},
+                   "agents": web.board.snapshot()}
+        data = json.dumps(initial).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        return web.page("page.html.j2", user=session.user, role=session.role, initial=data)
 
     async def login(request: Request) -> Response:
         address = request.client.host if request.client else "?"
@@ -242,8 +249,7 @@ def build(web: Web) -> Starlette:
                 # first the picture now, then what this page missed of the actions (their steps and results)
                 yield {"event": "agents", "data": json.dumps(web.board.snapshot())}
                 for missed in web.board.stream.since(last) if last else []:
-                    if missed.kind != "agents":
-                        yield message(missed)
+                    yield message(missed)
                 while True:
                     yield message(await queue.get())
             finally:

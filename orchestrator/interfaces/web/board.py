@@ -54,9 +54,12 @@ class Stream:
         self._lock = threading.Lock()
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
+        """Send an event to every subscriber; keep it for pages that reconnect, unless it is the cards (a page that
+        reconnects is sent the cards as they are then: at 200 agents a picture of them is 100 KB)."""
         with self._lock:
             event = Event(next(self._ids), kind, data)
-            self._events.append(event)
+            if kind != "agents":
+                self._events.append(event)
             subscribers = list(self._subscribers)
         for loop, queue in subscribers:
             loop.call_soon_threadsafe(queue.put_nowait, event)
@@ -144,6 +147,10 @@ class Board:
             opened.setdefault(alert.agent, []).append(alert.as_dict())
         now = self.clock()
         sampled = samples.read(self.state_dir, now)
+        if sampled is not None:
+            # a process newer than the exporter's sample shows no figures until the next sample, rather than
+            # status sampling every tree itself (a quarter of a second, and CPU, at every look)
+            sampled = {p.pid: sampled.get(p.pid, (None, None)) for p in processes if p.pid}
         rows = status.collect(client, agents, histories=live.agents, now=now, sampled=sampled, processes=processes,
                               alerts={a: tuple(str(x["level"]) for x in found) for a, found in opened.items()})
         graph = Graph.of_agents(agents)

@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,7 +98,7 @@ def _demo_manifests(project: Project, web_port: int) -> None:
     executor = project.manifests / "agents" / "order-executor.yaml"
     executor.write_text(re.sub(r"(restart|resources):\n(  .*\n)+", "", executor.read_text()) + (
         "restart: {policy: manual}\n"
-        "liveness: {http: \"http://{{ vars.host }}:{{ vars.port }}/health\", period: 500ms, timeout: 300ms, failures: 4}\n"
+        "liveness: {http: \"http://{{ vars.host }}:{{ vars.port }}/health\", period: 500ms, timeout: 1s, failures: 3}\n"
         "resources: {warmup: 1s, memory_mb: {warning: 150, critical: 200, limit: 256}}\n"))
 
 
@@ -208,7 +210,7 @@ def test_logging_in_with_the_token_shows_the_five_demo_agents_green(room: Room, 
     wait_until(lambda: all(_color(browser, a) == "green" for a in ROLES), 30, message="five green cards")
     wait_until(lambda: browser.find_element(By.ID, "connection").text == "live", 10, message="the stream")
     assert browser.find_element(By.ID, "version").text == "live version 1"
-    browser.find_element(By.CSS_SELECTOR, "[data-open=strategy-engine]").click()
+    _click(browser, "[data-open=strategy-engine]")
     wait_until(lambda: "listening on" in browser.find_element(By.ID, "detail-log").text, 10, message="the log tail")
     wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#chart-cpu polyline"), 10, message="the chart")
     SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -266,13 +268,62 @@ def test_a_liveness_failure_turns_a_card_yellow_then_red_without_a_reload(room: 
     wait_until(lambda: _color(browser, "order-executor") == "green", 30, message="green again")
 
 
+def test_the_page_says_when_it_is_disconnected_and_is_live_again_when_the_server_is_back(room: Room, browser) -> None:
+    """supervisord restarts the control room: the page says so, reconnects by itself, and its session still holds."""
+    from selenium.webdriver.common.by import By
+
+    browser.execute_script("window.notReloaded = true")
+    config = str(room.project.state / "supervisord.conf")
+    supervisorctl = str(Path(sys.executable).parent / "supervisorctl")
+    subprocess.run([supervisorctl, "-c", config, "stop", "_web"], check=True, capture_output=True, timeout=30)
+    try:
+        wait_until(lambda: browser.find_element(By.ID, "connection").text.startswith("disconnected"), 10,
+                   message="the page saying it is disconnected")
+    finally:
+        subprocess.run([supervisorctl, "-c", config, "start", "_web"], check=True, capture_output=True, timeout=30)
+    wait_until(lambda: browser.find_element(By.ID, "connection").text == "live", 20, message="live again")
+    assert browser.execute_script("return window.notReloaded") is True
+    wait_until(lambda: all(_color(browser, a) == "green" for a in ROLES), 10, message="the cards after the reconnection")
+
+
+def test_an_event_stream_resumed_with_last_event_id_gets_the_events_it_missed(room: Room) -> None:
+    def until_cleared(client: httpx.Client, last: str) -> list[tuple[str, str, dict]]:
+        """(id, kind, data) of the stream resumed after `last`, up to the audit entry of the emergency-clear below."""
+        found: list[tuple[str, str, dict]] = []
+        with client.stream("GET", "/api/events", headers={"Last-Event-ID": last}) as answer:
+            ident = kind = ""
+            for line in answer.iter_lines():
+                if line.startswith("id: "):
+                    ident = line[4:]
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and ident and kind != "agents":
+                    data = json.loads(line[6:])
+                    found.append((ident, kind, data))
+                    if kind == "audit" and data["action"] == "emergency-clear" and data["detail"] == marker:
+                        return found
+                elif not line:
+                    ident = kind = ""
+        return found
+
+    marker = "no emergency stop was latched"
+    with room.client(room.operator) as client:
+        assert client.post("/api/actions/emergency-clear").status_code == 202   # nothing latched: quick, and audited
+        wait_until(lambda: any(e["action"] == "emergency-clear" for e in _audit(room)), 10, message="its audit entry")
+        everything = until_cleared(client, "0-0")   # an id of no run of this server: all it kept
+        assert [kind for _, kind, _ in everything[-3:]] == ["progress", "result", "audit"]
+        resumed = until_cleared(client, everything[-3][0])
+        assert resumed == everything[-2:]
+
+
 def test_the_emergency_stop_wants_the_typed_word_and_latches_until_cleared(room: Room, browser) -> None:
     from selenium.webdriver.common.by import By
 
+    before = room.pids()
     _click(browser, "button[data-bulk=emergency-stop]")
     _confirm(browser, word="stop")   # not the word: refused, nothing stopped
     wait_until(lambda: any("type STOP" in line for line in _progress(browser)), 10, message="the refusal")
-    assert all(c["color"] == "green" for c in room.cards().values()), room.cards()   # nothing was stopped
+    assert room.pids() == before and all(c["state"] == "RUNNING" for c in room.cards().values())
 
     _click(browser, "button[data-bulk=emergency-stop]")
     assert "Type STOP" in _confirm(browser, word="STOP")

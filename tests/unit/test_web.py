@@ -64,6 +64,12 @@ def test_bulk_actions_list_their_order_and_the_emergency_stop_asks_for_its_word(
     assert emergency.word == EMERGENCY_WORD and EMERGENCY_WORD in emergency.text
 
 
+def test_the_session_key_is_generated_once_into_a_private_file(tmp_path):
+    key = auth.session_key(str(tmp_path))
+    assert len(key) == 32 and auth.session_key(str(tmp_path)) == key
+    assert stat.S_IMODE(os.stat(tmp_path / "web" / "session.key").st_mode) == 0o600
+
+
 def test_tokens_are_generated_once_per_user_into_a_private_file(tmp_path):
     users = [WebUser("alice", "operator"), WebUser("bob", "viewer")]
     first = auth.tokens(str(tmp_path), users)
@@ -77,14 +83,27 @@ def test_tokens_are_generated_once_per_user_into_a_private_file(tmp_path):
 
 def test_a_session_carries_the_users_role_and_a_csrf_token_and_expires():
     now = [1000.0]
-    sessions = auth.Sessions([WebUser("alice", "operator"), WebUser("bob", "viewer")], {"alice": "a" * 43, "bob": "b" * 43},
-                             clock=lambda: now[0])
+    users = [WebUser("alice", "operator"), WebUser("bob", "viewer")]
+    sessions = auth.Sessions(users, {"alice": "a" * 43, "bob": "b" * 43}, key=b"k" * 32, clock=lambda: now[0])
     assert sessions.user_of("a" * 43) == "alice" and sessions.user_of("wrong") is None and sessions.user_of("") is None
     alice, bob = sessions.open("alice"), sessions.open("bob")
     assert alice.operator and not bob.operator and alice.csrf != bob.csrf and alice.id != bob.id
     assert sessions.get(alice.id) == alice and sessions.get("forged") is None
     now[0] += auth.SESSION_LIFETIME + 1
     assert sessions.get(alice.id) is None
+
+
+def test_a_session_survives_a_restart_of_the_web_process_but_not_a_forgery_a_logout_or_another_key():
+    users = [WebUser("alice", "operator"), WebUser("bob", "viewer")]
+    before = auth.Sessions(users, {}, key=b"k" * 32)
+    bob = before.open("bob")
+    after = auth.Sessions(users, {}, key=b"k" * 32)       # the web process restarted
+    assert after.get(bob.id) == bob
+    assert after.get(bob.id.replace("bob.", "alice.", 1)) is None   # a viewer's cookie made an operator's
+    assert auth.Sessions(users, {}, key=b"x" * 32).get(bob.id) is None
+    after.close(bob.id)
+    assert after.get(bob.id) is None
+    assert auth.Sessions([WebUser("alice", "operator")], {}, key=b"k" * 32).get(bob.id) is None   # bob was unlisted
 
 
 def test_failed_logins_from_one_address_wait_once_over_the_limit_and_not_forever():

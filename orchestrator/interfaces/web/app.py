@@ -45,7 +45,7 @@ from starlette.staticfiles import StaticFiles
 
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.names import LOGS_DIR
-from orchestrator.interfaces.web.auth import LoginLimit, Session, Sessions
+from orchestrator.interfaces.web.auth import LoginLimit, Session, Sessions, session_key
 from orchestrator.interfaces.web.board import Board, Event
 from orchestrator.interfaces.web.cards import confirmation
 from orchestrator.interfaces.web.desk import ACTIONS, Desk, Refused, Who, plan_digest
@@ -238,7 +238,8 @@ def build(web: Web) -> Starlette:
         return JSONResponse([e.as_dict() for e in await asyncio.to_thread(audit.recent, web.board.state_dir, 100)])
 
     async def events(request: Request, session: Session) -> Response:
-        last = request.headers.get("last-event-id")
+        # a browser's own reconnection sends Last-Event-ID; the page's, after the stream ended, sends ?last=
+        last = request.headers.get("last-event-id") or request.query_params.get("last")
         queue = web.board.stream.subscribe()
 
         def message(event: Event) -> dict[str, str]:
@@ -327,7 +328,8 @@ def serve(state_dir: str, *, manifests_dir: str, env: str | None, users: Any, to
 
     board = Board(state_dir, Stream())
     board.start()
-    web = Web(board, Desk(board, manifests_dir=manifests_dir, env=env), Sessions(users, tokens),
+    web = Web(board, Desk(board, manifests_dir=manifests_dir, env=env),
+              Sessions(users, tokens, key=session_key(state_dir)),
               hosts=None if remote else hosts_of(host, port))
     config = uvicorn.Config(build(web), host=host, port=port, log_level="warning", access_log=False,
                             proxy_headers=False, server_header=False, timeout_graceful_shutdown=1)

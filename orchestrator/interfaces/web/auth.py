@@ -3,14 +3,17 @@
     STATE/web/tokens.json    {"USER": "TOKEN", ...}, mode 0600: one token per user of `web.users`, generated on
                              first use (`orchestrator web` or `--show-url`), kept across restarts
 
-A login trades a user's token for a session (a random id in an HttpOnly, SameSite=Strict cookie) that carries
-the user's role and a CSRF token; sessions live in the web process's memory (a restart logs everyone out).
+    STATE/web/session.key    mode 0600: the key that signs session cookies, generated on first use
+
+A login trades a user's token for a session (a signed id in an HttpOnly, SameSite=Strict cookie) that carries
+the user's role and a CSRF token derived from it; a restart of the web process logs nobody out.
 Scripts may send the token itself as `Authorization: Bearer TOKEN` instead: no cookie, so no CSRF token.
 Standard library only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import os
@@ -26,6 +29,7 @@ from orchestrator.state.files import exclusive, write_atomically
 
 DIR = "web"
 TOKENS = "tokens.json"
+KEY = "session.key"
 SESSION_LIFETIME = 12 * 3600.0   # a working day and then some: a forgotten tab does not stay logged in for ever
 MAX_FAILURES = 5                 # failed logins from one address within FAILURE_WINDOW before it must wait
 FAILURE_WINDOW = 60.0
@@ -68,15 +72,36 @@ def tokens(state_dir: str, users: Iterable[WebUser]) -> dict[str, str]:
     return {name: known[name] for name in wanted}
 
 
-class Sessions:
-    """The sessions of one web process, by id; thread-safe."""
+def session_key(state_dir: str) -> bytes:
+    """The key that signs session cookies (STATE/web/session.key, 0600), generated on first use: sessions signed with
+    it stay valid across a restart of the web process (supervisord restarting it logs nobody out)."""
+    directory = os.path.join(state_dir, DIR)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, KEY)
+    with exclusive(path + ".lock"):
+        try:
+            with open(path, "rb") as handle:
+                key = handle.read()
+        except FileNotFoundError:
+            key = b""
+        if len(key) < 32:
+            key = secrets.token_bytes(32)
+            write_atomically(path, key)
+        os.chmod(path, 0o600)
+    return key
 
-    def __init__(self, users: Iterable[WebUser], tokens_by_user: Mapping[str, str], *,
+
+class Sessions:
+    """Sessions as signed ids (USER.EXPIRES.NONCE.SIGNATURE, HMAC-SHA256 with the session key), so they need no
+    storage and survive a restart; a session's CSRF token is derived from its id with the same key. A logout
+    revokes its id in this process. Thread-safe."""
+
+    def __init__(self, users: Iterable[WebUser], tokens_by_user: Mapping[str, str], *, key: bytes,
                  clock: Callable[[], float] = time.time) -> None:
         self.roles = {u.name: u.role for u in users}
         self.tokens = dict(tokens_by_user)
-        self.clock = clock
-        self._sessions: dict[str, Session] = {}
+        self.key, self.clock = key, clock
+        self._revoked: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def user_of(self, token: str) -> str | None:
@@ -87,19 +112,31 @@ class Sessions:
                 found = user
         return found
 
+    def _sign(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def _session(self, session_id: str, user: str, expires: float) -> Session:
+        return Session(id=session_id, user=user, role=self.roles[user], csrf=self._sign("csrf." + session_id)[:32],
+                       expires=expires)
+
     def open(self, user: str) -> Session:
-        session = Session(id=secrets.token_urlsafe(32), user=user, role=self.roles[user], csrf=secrets.token_urlsafe(32),
-                          expires=self.clock() + SESSION_LIFETIME)
-        with self._lock:
-            now = self.clock()
-            self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
-            self._sessions[session.id] = session
-        return session
+        body = f"{user}.{int(self.clock() + SESSION_LIFETIME)}.{secrets.token_urlsafe(16)}"
+        session_id = f"{body}.{self._sign(body)}"
+        return self._session(session_id, user, int(self.clock() + SESSION_LIFETIME))
 
     def get(self, session_id: str) -> Session | None:
+        """The session of a cookie's id: signed with our key, not expired, not logged out, of a user still listed."""
+        body, _, signature = session_id.rpartition(".")
+        parts = body.split(".")
+        if len(parts) != 3 or not hmac.compare_digest(self._sign(body), signature) or parts[0] not in self.roles:
+            return None
+        try:
+            expires = float(parts[1])
+        except ValueError:
+            return None
         with self._lock:
-            session = self._sessions.get(session_id)
-        return session if session is not None and session.expires > self.clock() else None
+            revoked = session_id in self._revoked
+        return None if revoked or expires <= self.clock() else self._session(session_id, parts[0], expires)
 
     def bearer(self, token: str) -> Session | None:
         """A session for one request that sent its token (no cookie, no CSRF token needed: nothing ambient)."""
@@ -107,8 +144,13 @@ class Sessions:
         return None if user is None else Session(id="", user=user, role=self.roles[user], csrf="", expires=self.clock() + 1)
 
     def close(self, session_id: str) -> None:
+        session = self.get(session_id)
+        if session is None:
+            return
         with self._lock:
-            self._sessions.pop(session_id, None)
+            now = self.clock()
+            self._revoked = {k: e for k, e in self._revoked.items() if e > now}
+            self._revoked[session_id] = session.expires
 
 
 class LoginLimit:

@@ -205,19 +205,31 @@ async function drawAudit() {
 
 // -- the live stream ------------------------------------------------------------------------------------------
 
+let lastEventId = "";
+
 function connect() {
-  const source = new EventSource("/api/events");
+  // the browser reconnects by itself (sending Last-Event-ID) while the server answers; when the stream is closed for
+  // good (the server restarted, or refused it), the page opens a new one, saying where it was
+  const source = new EventSource("/api/events" + (lastEventId ? "?last=" + encodeURIComponent(lastEventId) : ""));
   const connection = $("connection");
+  const seen = (e) => { if (e.lastEventId) lastEventId = e.lastEventId; };
   source.onopen = () => { connection.textContent = "live"; connection.className = "connection up"; };
-  source.onerror = () => { connection.textContent = "disconnected: reconnecting…"; connection.className = "connection down"; };
+  source.onerror = () => {
+    connection.textContent = "disconnected: reconnecting…";
+    connection.className = "connection down";
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(() => api("/api/session").then(connect, () => setTimeout(connect, 2000)), 1000);
+    }
+  };
   source.addEventListener("agents", (e) => drawAgents(JSON.parse(e.data)));
-  source.addEventListener("progress", (e) => progress(JSON.parse(e.data)));
+  source.addEventListener("progress", (e) => { seen(e); progress(JSON.parse(e.data)); });
   source.addEventListener("result", (e) => {
+    seen(e);
     const r = JSON.parse(e.data);
     progress({ type: "result", result: r.result, text: `${r.action} ${r.target}: ${r.result}${r.detail ? " (" + r.detail + ")" : ""}` });
     if (r.action === "rollback") drawHistory();
   });
-  source.addEventListener("audit", (e) => $("audit").tBodies[0].prepend(auditRow(JSON.parse(e.data))));
+  source.addEventListener("audit", (e) => { seen(e); $("audit").tBodies[0].prepend(auditRow(JSON.parse(e.data))); });
 }
 
 document.addEventListener("DOMContentLoaded", async () => {

@@ -351,6 +351,38 @@ def _audit(room: Room) -> list[dict]:
         return list(client.get("/api/audit").json())
 
 
+def test_history_diff_rollback_with_its_plan_and_a_backup_through_the_api(room: Room) -> None:
+    import io
+    import tarfile
+
+    settings = room.project.manifests / "orchestrator.yaml"
+    settings.write_text(settings.read_text().replace("interval: 1s", "interval: 2s"))
+    room.project.run("apply", check=True)   # version 2: a setting only, no agent restarts
+    pids = room.pids()
+    with room.client(room.operator) as client:
+        history = client.get("/api/history").json()
+        assert [(v["number"], v["live"]) for v in history][-2:] == [(1, False), (2, True)]
+        diff = client.get("/api/diff", params={"a": "1", "b": "2"}).json()
+        assert diff["settings"] == ["exporter"] and any("+  interval: 2s" in f["diff"] for f in diff["files"])
+        plan = client.get("/api/rollback", params={"version": "1"}).json()
+        assert plan["version"] == 1 and plan["live"] == 2 and any("+  interval: 1s" in f["diff"] for f in plan["files"])
+        stale = client.post("/api/actions/rollback", json={"version": 1, "plan": "0" * 16})
+        assert stale.status_code == 202
+        wait_until(lambda: any(e["action"] == "rollback" and e["result"] == "failed" and "plan changed" in e["detail"]
+                               for e in _audit(room)), 30, message="a rollback of another plan refused")
+        assert client.post("/api/actions/rollback", json={"version": 1, "plan": plan["digest"]}).status_code == 202
+        wait_until(lambda: any(e["action"] == "rollback" and e["result"] == "ok" for e in _audit(room)), 60,
+                   message="the rollback")
+        latest = client.get("/api/history").json()[-1]
+        assert latest["live"] and latest["rollback_of"] == 1 and latest["command"] == "rollback"
+        assert "interval: 1s" in settings.read_text()
+        backup = client.get("/api/backup")
+        assert backup.status_code == 200 and "attachment" in backup.headers["content-disposition"]
+        with tarfile.open(fileobj=io.BytesIO(backup.content), mode="r:gz") as archive:
+            assert any(name.endswith("BACKUP.json") for name in archive.getnames())
+    assert room.pids() == pids   # settings only: no agent restarted
+
+
 # -- security: each of these changes nothing and gets its status code ------------------------------------------------
 
 def _login(room: Room, token: str, client: httpx.Client) -> str:

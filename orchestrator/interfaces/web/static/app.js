@@ -158,7 +158,7 @@ async function act(action, agent) {
 async function rollback(version) {
   try {
     const plan = await api(`/api/rollback?version=${encodeURIComponent(version)}`);
-    const shown = el("pre", { class: "diff" }, [...plan.plan, "", ...plan.files.map((f) => f.diff || "").filter(Boolean)].join("\n"));
+    const shown = el("pre", { class: "diff" }, [...plan.plan, "", ...plan.files.map((f) => f.diff.join("\n"))].join("\n"));
     const answer = await ask({ text: `Roll back from version ${plan.live} to version ${plan.version}? The plan:`, word: null }, shown);
     if (answer) await post("/api/actions/rollback", { version: plan.version, plan: plan.digest });
   } catch (error) {
@@ -189,7 +189,7 @@ async function showDiff(number) {
   box.hidden = false;
   box.textContent = diff.error ? diff.error : [`${diff.from} -> ${diff.to}`,
     ...diff.agents.map((a) => `${a.change} ${a.agent}: ${a.effect}` + a.fields.map((f) => `\n    ${f.field}: ${f.old} -> ${f.new}`).join("")),
-    "", ...diff.files.map((f) => f.diff)].join("\n");
+    "", ...diff.files.map((f) => f.diff.join("\n"))].join("\n");
 }
 
 function when(at) { return new Date(at * 1000).toISOString().replace("T", " ").slice(0, 19); }

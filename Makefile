@@ -36,6 +36,9 @@ test: $(STAMP) debian-tools
 debian-tools:
 	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; fi
+# The control room's browser tests drive Debian's headless Chromium through its chromedriver (selenium).
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; fi
 
 # bench_exporter compares the exporter with Debian's prometheus-process-exporter on the same processes.
 debian-bench-tools:

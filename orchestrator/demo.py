@@ -499,7 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     worker = threading.Thread(target=agent.work_loop, name="work", daemon=True)
     worker.start()
 
-    agent.stop.wait()  # until a signal arrives
+    # Until a signal arrives. Waited in short slices: the kernel may deliver SIGTERM to any thread, and Python runs
+    # its handler only in the main thread, between bytecodes; a main thread blocked in one endless wait never got
+    # there, and supervisord SIGKILLed the agent at its stop timeout, without its last log line.
+    while not agent.stop.wait(0.2):
+        pass
     server.shutdown()
     server.server_close()
     worker.join(timeout=2 * REQUEST_TIMEOUT)

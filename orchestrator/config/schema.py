@@ -210,6 +210,16 @@ _settings_fields: dict[str, Field] = {
         "rollback_on_failure": Field(Bool(), "roll back to the last applied version when an agent apply changed is not ready",
                                      default=model.ApplySettings.rollback_on_failure),
     }, build=model.ApplySettings, what="an apply mapping"), "apply's defaults", default=model.ApplySettings()),
+    "web": Field(Record(fields={
+        "listen": Field(Str(what="HOST:PORT"), "where the control room (`orchestrator web`) listens", default=model.Web.listen),
+        "allow_remote": Field(Bool(), "allow a listen address other than loopback", default=False),
+        "users": Field(ListOf(Record(fields={
+            "name": Field(Str(what="a user name", pattern=AGENT_NAME), "who (named in the audit log)", required=True),
+            "role": Field(Enum(choices=model.WEB_ROLES, noun="role"), "viewer: sees; operator: also acts", default="viewer"),
+        }, build=model.WebUser, what="a web user mapping"), min_items=1), "the users, each with a token of its own",
+            default=model.Web().users),
+    }, build=lambda **values: model.Web(**{**values, "users": tuple(values["users"])}), what="a web mapping"),
+        "the control room: web page and JSON API", default=None),
 }
 
 SETTINGS = Record(fields=_settings_fields, build=model.Settings, what="a settings mapping",

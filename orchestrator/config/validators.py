@@ -379,6 +379,9 @@ def validate_settings(node: Node, values: Mapping[str, Any], *, socket: str, sta
                                 f"{describe(exporter.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9300)"))
         else:
             found.extend(_remote_exporter(node, exporter))
+    web = values.get("web")
+    if isinstance(web, model.Web):
+        found.extend(_web(node, web))
     urls: list[tuple[str, Node | None, str]] = []
     grafana = values.get("grafana")
     if isinstance(grafana, model.Grafana):
@@ -439,6 +442,30 @@ def _remote_exporter(node: Node, exporter: model.Exporter) -> list[Diagnostic]:
                                                "or set exporter.allow_remote: true to listen beyond this machine)")]
     return [Diagnostic(loc, "exporter.listen", f"{describe(exporter.listen)} is not a loopback address: "
                                                "the metrics of every agent are readable from the network", "warning")]
+
+
+def _web(node: Node, web: model.Web) -> list[Diagnostic]:
+    """The control room's address (loopback unless `allow_remote`, and then with a warning) and its users (each once)."""
+    where = _child(node, "web", "listen")
+    loc = where.loc if where else node.loc
+    problem = host_port_problem(web.listen)
+    if problem:
+        return [_error(loc, "web.listen", f"{describe(web.listen)} {problem} ({_HOST_PORT} such as 127.0.0.1:9400)")]
+    found: list[Diagnostic] = []
+    if not is_loopback(split_host_port(web.listen)[0]):
+        found.append(_error(loc, "web.listen", f"{describe(web.listen)} is not a loopback address (expected 127.0.0.1:PORT, "
+                                               "or set web.allow_remote: true to serve the control room beyond this machine)")
+                     if not web.allow_remote else
+                     Diagnostic(loc, "web.listen", f"{describe(web.listen)} is not a loopback address: the control room is "
+                                                   "reachable from the network (put TLS in front of it)", "warning"))
+    seen: set[str] = set()
+    for i, user in enumerate(web.users):
+        if user.name in seen:
+            at = _child(node, "web", "users", i, "name")
+            found.append(_error(at.loc if at else loc, f"web.users[{i}].name",
+                                f"user {user.name!r} is listed twice (expected each user once, with one role)"))
+        seen.add(user.name)
+    return found
 
 
 # sun_path holds 108 bytes including the terminating NUL.

@@ -182,6 +182,26 @@ class Grafana:
 
 
 @dataclass(frozen=True)
+class WebUser:
+    """Who may use the control room (`orchestrator web`), with what role: a viewer sees, an operator also acts."""
+
+    name: str
+    role: str = "viewer"               # one of WEB_ROLES
+
+
+WEB_ROLES: tuple[str, ...] = ("viewer", "operator")
+
+
+@dataclass(frozen=True)
+class Web:
+    """The control room's settings: where it listens, and its users (each with a token of its own)."""
+
+    listen: str = "127.0.0.1:9400"
+    allow_remote: bool = False         # an address other than loopback must be asked for
+    users: tuple[WebUser, ...] = (WebUser("operator", "operator"),)
+
+
+@dataclass(frozen=True)
 class HistorySettings:
     keep: int = 50               # the newest versions kept (besides tagged ones, the live one and the last applied one)
 
@@ -204,6 +224,7 @@ class Settings:
     defaults: Mapping[str, Any] = field(default_factory=_empty)
     history: HistorySettings = field(default_factory=HistorySettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
+    web: Web | None = None             # None: no `web` in orchestrator.yaml (`orchestrator web` uses Web())
 
 
 # A stored copy of a manifest set (history's `manifests/` of a version) holds this file, naming the
@@ -257,11 +278,11 @@ class ManifestSet:
 
 def kept_settings(manifests: ManifestSet) -> dict[str, Any]:
     """What a version keeps of the settings, beside its agents, for the daemons that read them (the exporter's
-    forecast horizon, the notification targets of both daemons), as JSON-ready data: a change of any of them is a
-    change `plan` shows and apply records, though no agent restarts."""
+    forecast horizon, the notification targets of both daemons, the control room run under supervisord), as
+    JSON-ready data: a change of any of them is a change `plan` shows and apply records, though no agent restarts."""
     settings = manifests.settings
     return {"project": settings.project, "notifications": to_plain(settings.notifications),
-            "exporter": to_plain(settings.exporter)}
+            "exporter": to_plain(settings.exporter), "web": to_plain(settings.web)}
 
 
 def to_plain(value: Any) -> Any:

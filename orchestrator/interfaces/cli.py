@@ -66,6 +66,7 @@ COMMANDS = {
     "rollback": "versions:rollback_command", "tag": "versions:tag_command",
     "grafana": "grafana:grafana_group",
     "watch": "watch:watch_command",
+    "web": "web:web_command",
 }
 
 

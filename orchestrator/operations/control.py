@@ -67,7 +67,7 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
     """Start `names` (all agents when None), their dependencies first; a given-up agent is cleared.
     `restarting`: the agents the operator's restart stopped, each counted as a restart with reason `operator`."""
     runtime.refuse_if_latched(state_dir)
-    agents, chosen, _, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
+    agents, chosen, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependencies)
     restarted = set(restarting)
     with runtime.changing(state_dir) as live:
         for name in chosen:
@@ -76,6 +76,9 @@ def start(state_dir: str, client: Client, names: Iterable[str] | None, *, no_dep
     up = {p.group for p in client.processes() if p.state in UP_STATES}
     to_start = {n for n in wanted if n not in up}
     verify = {n for n in wanted if n in up}
+    # with no_deps, what the named agents need is not started but must be ready before they start: checked, so
+    # the sequencer does not wait on it for ever (the bug: `restart NAME` stopped NAME and never started it)
+    verify |= {d for n in to_start for d in graph.dependencies(n) if d in up}
     with runtime.changing(state_dir) as live:
         for name in to_start:
             live.agents[name] = live.agent(name).starting()

@@ -128,6 +128,17 @@ def _plain(built: Any) -> dict[str, Any]:
     return data
 
 
+def _control_room(manifests: ManifestSet, agent: str) -> list[Any]:
+    """A link to the agent's card in the control room (`orchestrator web`), when orchestrator.yaml has `web:`."""
+    web = manifests.settings.web
+    if web is None:
+        return []
+    host, _, port = web.listen.rpartition(":")
+    host = "localhost" if host in ("127.0.0.1", "0.0.0.0", "[::]", "[::1]") else host
+    return [builders.DashboardLink(f"{agent} in the control room").type(model.DashboardLinkType.LINK)
+            .url(f"http://{host}:{port}/#agent={agent}").target_blank(True)]
+
+
 def overview(manifests: ManifestSet) -> dict[str, Any]:
     """The overview dashboard of `manifests`, as Grafana's dashboard JSON."""
     project = manifests.settings.project
@@ -164,7 +175,7 @@ def overview(manifests: ManifestSet) -> dict[str, Any]:
                 .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
                 .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
                 .links([builders.DashboardLink(f"{agent.name} in detail").type(model.DashboardLinkType.LINK)
-                        .url(f"/d/{ids.agent}?var-agent={agent.name}").keep_time(True)]))
+                        .url(f"/d/{ids.agent}?var-agent={agent.name}").keep_time(True), *_control_room(manifests, agent.name)]))
         add(tile, TILE_W, TILE_H)
     add(bargauge.Panel().title("Health score").datasource(ds).unit("none").min(0).max(100)
         .with_target(_query(ds, "A", f"orchestrator_agent_health_score{{{agents}}}", "{{agent}}", instant=True))

@@ -156,6 +156,9 @@ class Sequencer:
                     for name in pending_names:
                         self._emit("skipped", name, "not started: " + self._blocked_reason(name, result))
                     pending.clear()
+        for name in sorted(pending):   # waiting on a dependency that is neither started here nor up: never started
+            result.blocked.append(name)
+            self._emit("skipped", name, "not started: a dependency is not running")
         return result
 
     def _blocked_reason(self, name: str, result: Result) -> str:

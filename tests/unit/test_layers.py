@@ -28,13 +28,16 @@ STANDALONE = {"demo"}  # imports nothing of orchestrator
 HOMES = {
     "supervisor": ("orchestrator.supervisord", "orchestrator.daemons.listener"),
     "psutil": ("orchestrator.host",),
-    "jinja2": ("orchestrator.config.manifest", "orchestrator.supervisord.render"),
+    "jinja2": ("orchestrator.config.manifest", "orchestrator.supervisord.render", "orchestrator.interfaces.web.app"),
     "ruamel": ("orchestrator.config.yamltree",),
     "click": ("orchestrator.interfaces",),
     "prometheus_client": ("orchestrator.daemons.exporter",),
     "grafana_client": ("orchestrator.interfaces.grafana",),
     "grafana_foundation_sdk": ("orchestrator.operations.dashboards",),
     "watchfiles": ("orchestrator.daemons.watcher",),
+    "starlette": ("orchestrator.interfaces.web.app",),
+    "sse_starlette": ("orchestrator.interfaces.web.app",),
+    "uvicorn": ("orchestrator.interfaces.web.app",),
 }
 # standard-library modules the pure core may not use: they read the clock, start processes or do I/O
 IMPURE = {"time", "datetime", "subprocess", "socket", "threading", "asyncio", "signal", "fcntl", "shutil",

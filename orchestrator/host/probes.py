@@ -24,6 +24,7 @@ Rules kept here, because a health check must not mislead or leak:
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import os
 import shlex
@@ -212,9 +213,16 @@ class _HTTPHandler(urllib.request.HTTPHandler):
         return self.do_open(self._connections.factory(http.client.HTTPConnection), req)
 
 
+@functools.lru_cache(maxsize=1)
+def _tls() -> ssl.SSLContext:
+    """The one TLS context of every https probe: making one loads the system's certificates, and a context for
+    each probe was most of the CPU of a page watching five agents (two probes each, twice a second)."""
+    return ssl.create_default_context()
+
+
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def __init__(self, connections: _Connections) -> None:
-        self._tls = ssl.create_default_context()
+        self._tls = _tls()
         super().__init__(context=self._tls)
         self._connections = connections
 

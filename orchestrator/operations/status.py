@@ -58,6 +58,10 @@ class Row:
         return plain
 
 
+# group -> (its processes' (pid, state), when its probes ran (monotonic), their answer (health, ready))
+Checked = dict[str, tuple[tuple[tuple[int, str], ...], float, tuple[str, bool]]]
+
+
 def _check(agent: Agent | None, processes: list[ProcessInfo]) -> tuple[str, bool]:
     """(health, ready) of an agent whose processes are `processes`."""
     if agent is None:
@@ -79,12 +83,15 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
             histories: Mapping[str, AgentHistory] | None = None, now: float | None = None,
             alerts: Mapping[str, tuple[str, ...]] | None = None,
             sampled: Mapping[int, tuple[float | None, int | None]] | None = None,
-            processes: list[ProcessInfo] | None = None) -> list[Row]:
+            processes: list[ProcessInfo] | None = None, checked: Checked | None = None,
+            check_every: float = 0.0) -> list[Row]:
     """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT.
 
     `alerts`: the levels of each agent's open alerts, which its health score counts. `sampled`: CPU and RSS by
     pid from the exporter's latest sample (state.samples); without it, status samples the process trees itself.
-    `processes`: supervisord's process list when the caller has it (asked for here otherwise)."""
+    `processes`: supervisord's process list when the caller has it (asked for here otherwise). `checked`: a
+    caller that looks often (the control room, twice a second) keeps the probes' answers there, and an agent's
+    probes run again only after `check_every` seconds or when its processes changed (pid or state)."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes() if processes is None else processes:
         if not is_internal(process.group):
@@ -92,8 +99,20 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
     wanted = sorted(set(agents) | set(by_group)) if not names else list(names)
     pids = [p.pid for g in wanted for p in by_group.get(g, []) if p.pid]
     figures = dict(sampled) if sampled is not None and all(pid in sampled for pid in pids) else sample_trees(pids, CPU_SAMPLE)
+    def check(group: str) -> tuple[str, bool]:
+        found = by_group.get(group, [])
+        if checked is None:
+            return _check(agents.get(group), found)
+        key, at = tuple((p.pid, p.state) for p in found), time.monotonic()
+        kept = checked.get(group)
+        if kept is not None and kept[0] == key and at - kept[1] < check_every:
+            return kept[2]
+        result = _check(agents.get(group), found)
+        checked[group] = (key, at, result)
+        return result
+
     with ThreadPoolExecutor(max_workers=16) as pool:
-        checks = dict(zip(wanted, pool.map(lambda g: _check(agents.get(g), by_group.get(g, [])), wanted), strict=True))
+        checks = dict(zip(wanted, pool.map(check, wanted), strict=True))
     rows = []
     now = time.time() if now is None else now
     for group in wanted:

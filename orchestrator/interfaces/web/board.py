@@ -30,6 +30,7 @@ from orchestrator.state.history import History
 from orchestrator.supervisord.client import Client, SupervisorError
 
 REFRESH = 0.5         # seconds between two looks at supervisord: a change reaches the page within about this
+CHECK_EVERY = 2.0     # seconds between two runs of an agent's probes while its processes stay as they are
 CHART_POINTS = 180    # figures kept per agent: 15 minutes at the exporter's default 5 s interval
 CHART_EVERY = 5.0     # seconds between two figures when the exporter's sample is stale (status sampled them)
 FIGURES_EVERY = 5.0   # seconds between two pushes of the cards when only their figures (CPU, memory, uptime) moved
@@ -102,6 +103,7 @@ class Board:
         self.charts: dict[str, deque[tuple[float, float | None, int | None]]] = {}
         self._sample_at = 0.0
         self._pushed_at = 0.0
+        self._checked: status.Checked = {}   # each agent's last probe answers (status.collect)
         self._wake = threading.Event()
         self._lock = threading.Lock()
 
@@ -152,7 +154,8 @@ class Board:
             # status sampling every tree itself (a quarter of a second, and CPU, at every look)
             sampled = {p.pid: sampled.get(p.pid, (None, None)) for p in processes if p.pid}
         rows = status.collect(client, agents, histories=live.agents, now=now, sampled=sampled, processes=processes,
-                              alerts={a: tuple(str(x["level"]) for x in found) for a, found in opened.items()})
+                              alerts={a: tuple(str(x["level"]) for x in found) for a, found in opened.items()},
+                              checked=self._checked, check_every=CHECK_EVERY)
         graph = Graph.of_agents(agents)
         latched = live.latch is not None
         cards: dict[str, dict[str, Any]] = {}

@@ -174,7 +174,16 @@ class Desk:
             text += "; " + "; ".join(report.problems)
         if not report.latched:
             raise OrchestratorError(text)
+        self._annotate_emergency(reason)
         return text
+
+    def _annotate_emergency(self, reason: str) -> None:
+        """As the command line does after an emergency stop: an annotation on the dashboards (when Grafana is set)."""
+        from orchestrator.config.manifest import LoadOptions, load
+        from orchestrator.interfaces.grafana import annotate_emergency
+
+        annotate_emergency(lambda: load(LoadOptions(self.manifests_dir, env=self.env, state_dir=self.state_dir,
+                                                    check_commands=False)), reason)
 
     def _clear(self) -> str:
         from orchestrator.state import runtime

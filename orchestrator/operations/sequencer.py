@@ -75,6 +75,18 @@ class Result:
     def failed(self) -> list[Outcome]:
         return [o for o in self.outcomes.values() if not o.ok]
 
+    @property
+    def started(self) -> list[str]:
+        """The agents this start started (not those already running, whose readiness was only checked)."""
+        return [o.agent for o in self.outcomes.values() if not o.verified_only]
+
+    def problems(self) -> list[str]:
+        """Why the start failed, a line each: the agents that did not become ready, then those not started."""
+        lines = [f"{o.agent} did not become ready: {o.detail}" for o in self.failed]
+        if self.blocked:
+            lines.append(f"not started: {', '.join(self.blocked)}")
+        return lines
+
 
 class _Watch:
     """The state of one agent's processes, read from supervisord at most every STATE_POLL seconds."""

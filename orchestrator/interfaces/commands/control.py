@@ -44,12 +44,8 @@ def _confirm_stop(what: str, yes: bool) -> None:
 
 def _started(result: Any) -> None:
     if not result.ok:
-        lines = [f"{o.agent} did not become ready: {o.detail}" for o in result.failed]
-        if result.blocked:
-            lines.append(f"not started: {', '.join(result.blocked)}")
-        raise OrchestratorError("start failed:\n" + "\n".join(lines))
-    started = [o.agent for o in result.outcomes.values() if not o.verified_only]
-    click.echo(f"Started {', '.join(started)}; all ready." if started else "Already running and ready.")
+        raise OrchestratorError("start failed:\n" + "\n".join(result.problems()))
+    click.echo(f"Started {', '.join(result.started)}; all ready." if result.started else "Already running and ready.")
 
 
 def _start(options: Options, names: tuple[str, ...] | None, no_deps: bool, *, restarting: Sequence[str] = ()) -> None:

@@ -225,12 +225,8 @@ class Desk:
 
 def _started(result: Result) -> str:
     if not result.ok:
-        lines = [f"{o.agent} did not become ready: {o.detail}" for o in result.failed]
-        if result.blocked:
-            lines.append(f"not started: {', '.join(result.blocked)}")
-        raise OrchestratorError("start failed: " + "; ".join(lines))
-    started = [o.agent for o in result.outcomes.values() if not o.verified_only]
-    return f"started {', '.join(started)}; all ready" if started else "already running and ready"
+        raise OrchestratorError("start failed: " + "; ".join(result.problems()))
+    return f"started {', '.join(result.started)}; all ready" if result.started else "already running and ready"
 
 
 def _stopped(stopped: list[str]) -> str:

@@ -379,7 +379,12 @@ LABEL_SETS = 65536   # label sets kept from one scrape to the next (one per proc
 def labelset(*pairs: tuple[str, str]) -> LabelSet:
     """The label set of `pairs` (name, value), made once: the same agents and processes make the same label sets
     at every scrape, so each one's text is escaped once, not 16,000 times a scrape."""
-    return pairs, ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
+    return pairs, _text(pairs)
+
+
+def _text(pairs: Iterable[tuple[str, str]]) -> str:
+    """Labels as the text format writes them between braces: name="value",... (values escaped)."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
 
 
 def extended(base: LabelSet, name: str, value: str) -> LabelSet:
@@ -668,8 +673,7 @@ def exposition_parts(reg: CollectorRegistry) -> Iterator[bytes]:
         else:
             for s in family.samples:
                 if s.labels:
-                    text = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
-                    out.append(f"{s.name}{{{text}}} {_number(s.value)}\n")
+                    out.append(f"{s.name}{{{_text(s.labels.items())}}} {_number(s.value)}\n")
                 else:
                     out.append(f"{s.name} {_number(s.value)}\n")
         yield "".join(out).encode("utf-8")

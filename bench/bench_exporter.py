@@ -21,7 +21,9 @@ both read the TCP tables and attribute sockets as they would for agents.
     per window interval (2 minutes at the default horizon), as in service.
     CPU (process time) per round, the mean of RUNS rounds (the rounds that
     refit every window count with the others); wall time, the median; and
-    the process's peak RSS at the end.
+    the process's peak RSS at the end (VmHWM, as for process-exporter: not
+    getrusage's ru_maxrss, which a process started by fork and exec carries
+    over from its parent, here the larger bench itself).
     supervisord's answer is given by a stand-in naming the N pids, so the
     figures are the exporter's own, not supervisord's getAllProcessInfo
     (which grows with N squared; see DESIGN.md); readiness probes are off.
@@ -66,7 +68,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 # Runs in its own interpreter, so its RSS is the exporter's: argv = pids..., prints JSON.
 OURS = """
-import json, os, resource, statistics, sys, tempfile, time
+import json, os, statistics, sys, tempfile, time
 from orchestrator.core.processes import ProcessInfo
 from orchestrator.daemons.exporter import Sampler, exposition_parts, registry, settle
 from orchestrator.daemons.thresholds import WINDOW_SAMPLES, Thresholds
@@ -116,7 +118,7 @@ assert text[CHECKS[1]] == len(pids), "not every process's socket was found"
 assert not alerting or text[CHECKS[2]] == len(pids), "not every agent was assessed"
 assert text[CHECKS[3]] == 3 * len(pids), "not every agent's thresholds were exported"
 print(json.dumps({"cpu": statistics.fmean(cpu), "wall": statistics.median(wall),
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "rss": next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))}))
 """
 
 

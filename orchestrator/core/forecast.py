@@ -147,7 +147,7 @@ def _until(level: float, limit: float, slope: float) -> float | None:
     return (limit - level) / slope if slope > 0 else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Fit:
     """The Theil-Sen line of some samples, with Sen's band of its slope."""
 

@@ -73,14 +73,14 @@ class HealthInputs(NamedTuple):
     reset_after: float = 300.0             # the restart policy's reset_after
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Penalty:
     cause: str      # readiness, liveness, restarts, cpu, memory, open files, alerts, uptime, down, given up
     points: int
     detail: str     # the figures behind the points
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Health:
     score: int
     penalties: tuple[Penalty, ...] = ()

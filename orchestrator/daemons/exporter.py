@@ -387,12 +387,6 @@ def _text(pairs: Iterable[tuple[str, str]]) -> str:
     return ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
 
 
-def extended(base: LabelSet, name: str, value: str) -> LabelSet:
-    """`base` with one more label, made anew (not kept: a process's state and each of its TCP states would
-    make the kept sets several times as many)."""
-    return (*base[0], (name, value)), f'{base[1]},{name}="{_escape(value)}"'
-
-
 class Rows(Metric):
     """A metric family of many labelled samples (those of every process and agent: some 16,000 a scrape at 500
     agents), kept as rows of (label set, value): `exposition` writes each row with its label set's text, and
@@ -416,8 +410,37 @@ class Rows(Metric):
         self.rows.append((labels, float(value)))   # written as prometheus-client writes a float: 1.0, not 1
 
 
+class Labelled(Rows):
+    """A family whose rows carry one label more than their kept label set (a process's state, a restart's reason,
+    a threshold's severity): rows of (label set, the label's value, value), the text of the whole set written
+    as the row is, never kept. Made per scrape, the sets with that label were 7,000 tuples and strings at 500
+    agents, built and dropped by every scrape."""
+
+    def __init__(self, name: str, documentation: str, typ: str, label: str) -> None:
+        super().__init__(name, documentation, typ)
+        self.label = label
+        self.rows: list[tuple[LabelSet, str, float]] = []  # type: ignore[assignment]
+
+    @property
+    def samples(self) -> list[Sample]:
+        return [Sample(self.sample_name, {**dict(labels), self.label: extra}, value, None, None)
+                for (labels, _), extra, value in self.rows]
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        if value:
+            raise TypeError("the samples of Labelled are its rows")
+
+    def put(self, labels: LabelSet, value: float) -> None:   # noqa: ARG002 - a row needs the label's value
+        raise TypeError("a Labelled row is (label set, the label's value, value): append it to rows")
+
+
 def gauge(name: str, documentation: str) -> Rows:
     return Rows(name, documentation, "gauge")
+
+
+def labelled(name: str, documentation: str, label: str, typ: str = "gauge") -> Labelled:
+    return Labelled(name, documentation, typ, label)
 
 
 def counter(name: str, documentation: str) -> Rows:
@@ -451,91 +474,107 @@ class Exporter(Collector):
         yield from _global_families(snap, counters)
 
 
+# the families of every process that are one figure of its tree each: (name, kind, help, the figure, or None
+# when the family has no row for the process)
+_FIGURES: tuple[tuple[str, Callable[[str, str], Rows], str, Callable[[ProcessSample, sampling.Figures], float | None]], ...] = (
+    ("tree_processes", gauge, "processes in the tree (the agent's process and all its descendants)",
+     lambda p, f: f.processes),
+    ("cpu_seconds", counter, "user and system CPU seconds of the tree, with its reaped children's",
+     lambda p, f: f.cpu_seconds),
+    ("cpu_usage_ratio", gauge, "CPU cores used by the tree between the last two samples (1 = one core; CPU % / 100)",
+     lambda p, f: p.cpu_ratio),
+    ("resident_memory_bytes", gauge, "resident memory of the tree, summed per process (shared pages count in each)",
+     lambda p, f: f.rss_bytes),
+    ("virtual_memory_bytes", gauge, "virtual memory of the tree, summed per process", lambda p, f: f.vms_bytes),
+    ("proportional_memory_bytes", gauge, "PSS of the tree: shared pages divided among their sharers (exporter.pss)",
+     lambda p, f: None if f.uss_bytes is None else f.pss_bytes),
+    ("unique_memory_bytes", gauge, "USS of the tree: pages private to its processes (exporter.pss)",
+     lambda p, f: None if f.pss_bytes is None else f.uss_bytes),
+    ("read_bytes", counter, "bytes the tree read from storage", lambda p, f: f.read_bytes),
+    ("written_bytes", counter, "bytes the tree wrote to storage", lambda p, f: f.write_bytes),
+    ("open_fds", gauge, "open file descriptors of the tree", lambda p, f: f.open_fds),
+    ("max_fds", gauge, "the process's soft limit on open files", lambda p, f: f.fd_limit),
+    ("threads", gauge, "threads of the tree", lambda p, f: f.threads),
+    ("context_switches", counter, "context switches of the main thread of each process of the tree",
+     lambda p, f: f.context_switches),
+)
+
+
 def _process_families(snap: Snapshot) -> Iterator[Metric]:
+    """The families of every process, each made as it is yielded: a scrape holds one family's rows at a time,
+    not the 14,000 rows of all of them at 500 agents (3 MB more at the peak of every scrape)."""
     def family(make: Callable[[str, str], Rows], name: str, doc: str) -> Rows:
         return make(f"orchestrator_process_{name}", doc)
 
-    state = family(gauge, "state", "1, labelled with the supervisord state the process is in (ABSENT: declared, unknown to "
-                                   "supervisord)")
+    def labelled_family(name: str, doc: str, label: str) -> Labelled:
+        return labelled(f"orchestrator_process_{name}", doc, label)
+
+    keyed = [(labelset(("agent", p.agent), ("process", p.process)), p) for p in snap.processes]
+    state = labelled_family("state", "1, labelled with the supervisord state the process is in (ABSENT: declared, "
+                                     "unknown to supervisord)", "state")
+    # the state it is in only: eight zeros a process would double a scrape
+    state.rows = [(labels, p.state, 1.0) for labels, p in keyed]
+    yield state
     uptime = family(gauge, "uptime_seconds", "seconds since the process started (0 when not up)")
-    members = family(gauge, "tree_processes", "processes in the tree (the agent's process and all its descendants)")
-    cpu = family(counter, "cpu_seconds", "user and system CPU seconds of the tree, with its reaped children's")
-    ratio = family(gauge, "cpu_usage_ratio", "CPU cores used by the tree between the last two samples (1 = one core; CPU % / 100)")
-    rss = family(gauge, "resident_memory_bytes", "resident memory of the tree, summed per process (shared pages count in each)")
-    vms = family(gauge, "virtual_memory_bytes", "virtual memory of the tree, summed per process")
-    pss = family(gauge, "proportional_memory_bytes", "PSS of the tree: shared pages divided among their sharers (exporter.pss)")
-    uss = family(gauge, "unique_memory_bytes", "USS of the tree: pages private to its processes (exporter.pss)")
-    read = family(counter, "read_bytes", "bytes the tree read from storage")
-    written = family(counter, "written_bytes", "bytes the tree wrote to storage")
-    fds = family(gauge, "open_fds", "open file descriptors of the tree")
-    max_fds = family(gauge, "max_fds", "the process's soft limit on open files")
-    threads = family(gauge, "threads", "threads of the tree")
-    switches = family(counter, "context_switches", "context switches of the main thread of each process of the tree")
-    tcp = family(gauge, "tcp_connections", "TCP sockets of the tree, by state (established and listen always; others when in use)")
-    listening = family(gauge, "listening_port", "1 for each TCP port the tree listens on")
-    # each family's rows.append, bound once: some 14,000 rows a scrape at 500 agents, where a call of `put` each
-    # was a tenth of the scrape
-    add_state, add_uptime, add_members, add_cpu, add_ratio, add_rss, add_vms, add_pss, add_uss, add_read, add_written, \
-        add_fds, add_max_fds, add_threads, add_switches, add_tcp, add_listening = (
-            f.rows.append for f in (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds,
-                                    threads, switches, tcp, listening))
-    for p in snap.processes:
-        labels = labelset(("agent", p.agent), ("process", p.process))
-        # the state it is in only: eight zeros a process would double a scrape
-        add_state((extended(labels, "state", p.state), 1.0))
-        add_uptime((labels, float(p.uptime)))
-        f = p.figures
-        if f is None:
-            continue
-        add_members((labels, float(f.processes)))
-        add_cpu((labels, float(f.cpu_seconds)))
-        if p.cpu_ratio is not None:
-            add_ratio((labels, float(p.cpu_ratio)))
-        add_rss((labels, float(f.rss_bytes)))
-        add_vms((labels, float(f.vms_bytes)))
-        if f.pss_bytes is not None and f.uss_bytes is not None:
-            add_pss((labels, float(f.pss_bytes)))
-            add_uss((labels, float(f.uss_bytes)))
-        add_read((labels, float(f.read_bytes)))
-        add_written((labels, float(f.write_bytes)))
-        add_fds((labels, float(f.open_fds)))
-        if f.fd_limit is not None:
-            add_max_fds((labels, float(f.fd_limit)))
-        add_threads((labels, float(f.threads)))
-        add_switches((labels, float(f.context_switches)))
-        for name in sorted({"established", "listen", *f.tcp}):  # the two that always matter, and any other in use
-            add_tcp((extended(labels, "state", name), float(f.tcp.get(name, 0))))
-        for port in sorted(f.listening_ports):
-            add_listening((extended(labels, "port", str(port)), 1.0))
-    yield from (state, uptime, members, cpu, ratio, rss, vms, pss, uss, read, written, fds, max_fds, threads,
-                switches, tcp, listening)
+    uptime.rows = [(labels, float(p.uptime)) for labels, p in keyed]
+    yield uptime
+    del state, uptime
+    sampled = [(labels, p, p.figures) for labels, p in keyed if p.figures is not None]
+    for name, make, doc, figure in _FIGURES:
+        rows = family(make, name, doc)
+        rows.rows = [(labels, float(value)) for labels, p, f in sampled if (value := figure(p, f)) is not None]
+        yield rows
+    tcp = labelled_family("tcp_connections", "TCP sockets of the tree, by state (established and listen always; others "
+                                             "when in use)", "state")
+    tcp.rows = [(labels, name, float(f.tcp.get(name, 0))) for labels, _, f in sampled
+                for name in sorted({"established", "listen", *f.tcp})]  # the two that always matter, and any other in use
+    yield tcp
+    del tcp
+    listening = labelled_family("listening_port", "1 for each TCP port the tree listens on", "port")
+    listening.rows = [(labels, str(port), 1.0) for labels, _, f in sampled for port in sorted(f.listening_ports)]
+    yield listening
 
 
 def _agent_families(snap: Snapshot) -> Iterator[Metric]:
+    """The families of every agent, each made as it is yielded (as the processes')."""
+    agents = [(labelset(("agent", a.name)), a) for a in snap.agents]
     up = gauge("orchestrator_agent_up", "1 when every process of the agent is RUNNING (0 when declared but down)")
+    up.rows = [(labels, 1.0 if a.up else 0.0) for labels, a in agents]
+    yield up
     ready = gauge("orchestrator_agent_ready", "1 when the agent is up and its readiness probe passes")
-    restarts = counter("orchestrator_agent_restarts",
-                       "restarts, by reason: crash, liveness, memory_limit, cpu_limit, fds_limit (the restart keeper's), "
-                       "dependency (back after its dependency), operator (orchestrator restart)")
-    given_up = gauge("orchestrator_agent_given_up", "1 when the restart policy gave the agent up")
-    cpu = gauge("orchestrator_agent_threshold_cpu_ratio", "configured CPU thresholds (resources.cpu_percent / 100)")
-    memory = gauge("orchestrator_agent_threshold_memory_bytes", "configured memory thresholds (resources.memory_mb)")
-    files = gauge("orchestrator_agent_threshold_open_fds", "configured limit on open files (resources.open_files)")
-    for a in snap.agents:
-        agent = ("agent", a.name)
-        labels = labelset(agent)
-        up.put(labels, 1.0 if a.up else 0.0)
-        ready.put(labels, 1.0 if a.ready else 0.0)
+    ready.rows = [(labels, 1.0 if a.ready else 0.0) for labels, a in agents]
+    yield ready
+    del up, ready
+    restarts = labelled("orchestrator_agent_restarts",
+                        "restarts, by reason: crash, liveness, memory_limit, cpu_limit, fds_limit (the restart keeper's), "
+                        "dependency (back after its dependency), operator (orchestrator restart)", "reason", "counter")
+    add = restarts.rows.append
+    for labels, a in agents:
         counted = a.history.restart_reasons
         # automatic restarts counted before reasons were kept are crashes: the labelled sum still says them all
         earlier = max(0, a.history.restarts - sum(v for k, v in counted.items() if k not in ("dependency", "operator")))
         for reason in RESTART_REASONS:
-            restarts.put(extended(labels, "reason", reason), counted.get(reason, 0) + (earlier if reason == "crash" else 0))
-        given_up.put(labels, 1.0 if a.history.given_up else 0.0)
-        if a.agent is not None:
-            for family, severity, value in _thresholds(a.name, a.agent.resources):
-                (cpu, memory, files)[family].put(extended(labels, "severity", severity) if severity else labels, value)
-    yield from (up, ready, restarts, given_up, cpu, memory, files)
+            add((labels, reason, float(counted.get(reason, 0) + (earlier if reason == "crash" else 0))))
+    yield restarts
+    del restarts, add
+    given_up = gauge("orchestrator_agent_given_up", "1 when the restart policy gave the agent up")
+    given_up.rows = [(labels, 1.0 if a.history.given_up else 0.0) for labels, a in agents]
+    yield given_up
+    del given_up
+    declared = [(labels, _thresholds(a.name, a.agent.resources)) for labels, a in agents if a.agent is not None]
+    cpu = labelled("orchestrator_agent_threshold_cpu_ratio", "configured CPU thresholds (resources.cpu_percent / 100)",
+                   "severity")
+    cpu.rows = [(labels, severity, value) for labels, rows in declared for family, severity, value in rows if family == 0]
+    yield cpu
+    del cpu
+    memory = labelled("orchestrator_agent_threshold_memory_bytes", "configured memory thresholds (resources.memory_mb)",
+                      "severity")
+    memory.rows = [(labels, severity, value) for labels, rows in declared for family, severity, value in rows if family == 1]
+    yield memory
+    del memory
+    files = gauge("orchestrator_agent_threshold_open_fds", "configured limit on open files (resources.open_files)")
+    files.rows = [(labels, value) for labels, rows in declared for family, _, value in rows if family == 2]
+    yield files
 
 
 _THRESHOLD_ROWS: dict[str, tuple[Resources, tuple[tuple[int, str, float], ...]]] = {}
@@ -572,12 +611,12 @@ def _threshold_families(assessment: Assessment) -> Iterator[Metric]:
     for record in assessment.firing:
         alert.put(labelset(("agent", record.agent), ("level", record.level), ("metric", record.metric)), 1.0)
     health = gauge("orchestrator_agent_health_score", "health from 0 to 100 (core.health)")
-    penalty = gauge("orchestrator_agent_health_penalty_points", "points the health score loses, by cause")
+    penalty = labelled("orchestrator_agent_health_penalty_points", "points the health score loses, by cause", "cause")
     for name, h in sorted(assessment.health.items()):
         labels = labelset(("agent", name))
         health.put(labels, h.score)
         for p in h.penalties:
-            penalty.put(extended(labels, "cause", p.cause), p.points)
+            penalty.rows.append((labels, p.cause, float(p.points)))
     point = gauge("orchestrator_agent_exhaustion_seconds",
                   "seconds until the trend reaches the limit (memory: memory_mb.limit; fds: open_fds.limit or the "
                   "open-files limit); absent while there is no forecast or it is not growing")
@@ -654,29 +693,46 @@ def _number(value: float) -> str:
 _TEXT_TYPES = {"counter": "_total", "info": "_info"}
 
 
+CHUNK = 500   # rows written to one part of a scrape
+
+
 def exposition_parts(reg: CollectorRegistry) -> Iterator[bytes]:
     """The registry's families in Prometheus's text format 0.0.4, as prometheus-client's generate_latest writes it
     (a test holds the two to the same samples), one family at a time, at a fraction of its cost: a scrape of 500
     agents is some 16,000 lines, and generate_latest validates and escapes every label of every line, where the
-    rows of a `Rows` family carry their text, made once per label set. A family at a time: the server sends each
-    as it is written, so the whole text (1.5 MB at 500 agents, and as much again encoded) is never held at once."""
+    rows of a `Rows` family carry their text, made once per label set. A part at a time (a family, or CHUNK rows
+    of a long one): the server sends each as it is written, so the whole text (1.5 MB at 500 agents, and as much
+    again encoded) is never held at once."""
     for family in reg.collect():
         name = family.name + _TEXT_TYPES.get(family.type, "")
         kind = "gauge" if family.type == "info" else family.type
         help_text = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out = [f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"]
+        head = f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n"
         if isinstance(family, Rows):
-            sample = family.sample_name
-            for (_, text), value in family.rows:
-                # the common case inline (a finite float), the rest through _number: false for NaN and both infinities
-                out.append(f"{sample}{{{text}}} {repr(value) if -_INF < value < _INF else _number(value)}\n")
+            rows, sample = family.rows, family.sample_name
+            extras: list[tuple[LabelSet, str, float]] = family.rows if isinstance(family, Labelled) else []
+            if not rows:
+                yield head.encode("utf-8")
+            # CHUNK rows a part: a family of 3,500 rows is not held as text, and again encoded, all at once
+            for at in range(0, len(rows), CHUNK):
+                if isinstance(family, Labelled):
+                    label = family.label
+                    lines = [f'{sample}{{{text},{label}="{_escape(extra)}"}} '
+                             f'{repr(value) if -_INF < value < _INF else _number(value)}\n'
+                             for (_, text), extra, value in extras[at:at + CHUNK]]
+                else:
+                    # the common case inline (a finite float), the rest through _number: false for NaN and both infinities
+                    lines = [f"{sample}{{{text}}} {repr(value) if -_INF < value < _INF else _number(value)}\n"
+                             for (_, text), value in rows[at:at + CHUNK]]
+                yield ((head if at == 0 else "") + "".join(lines)).encode("utf-8")
         else:
+            out = [head]
             for s in family.samples:
                 if s.labels:
                     out.append(f"{s.name}{{{_text(s.labels.items())}}} {_number(s.value)}\n")
                 else:
                     out.append(f"{s.name} {_number(s.value)}\n")
-        yield "".join(out).encode("utf-8")
+            yield "".join(out).encode("utf-8")
 
 
 def exposition(reg: CollectorRegistry) -> bytes:

@@ -46,7 +46,7 @@ TCP_STATES = {1: "established", 2: "syn_sent", 3: "syn_recv", 4: "fin_wait1", 5:
 _LISTEN = 10
 
 
-@dataclass
+@dataclass(slots=True)   # slots: one per agent process in every snapshot, and two snapshots at once
 class Figures:
     """One process tree's figures, summed over its members (see the module docstring)."""
 

@@ -1,9 +1,9 @@
 """The supervisord client: the one module that speaks supervisord's XML-RPC.
 
-Owned here: the connection over supervisord's unix socket (the transport the
-`supervisor` package ships, with a timeout on every call), the only place
-supervisord's camelCase method names appear, and the translation of its fault
-codes into typed errors. ALREADY_STARTED, NOT_RUNNING and ALREADY_ADDED are
+Owned here: the connection over supervisord's unix socket (the standard
+library's XML-RPC over an HTTP connection to the socket, kept open between
+calls, with a timeout on every call), the only place supervisord's camelCase
+method names appear, and the translation of its fault codes into typed errors. ALREADY_STARTED, NOT_RUNNING and ALREADY_ADDED are
 idempotent success: asking for what is already so is not an error.
 
 Called by apply, the sequencer, status, the boot listener and lifecycle (up,
@@ -18,8 +18,6 @@ import socket
 import threading
 import xmlrpc.client
 from typing import Any
-
-from supervisor.xmlrpc import Faults, SupervisorTransport, UnixStreamHTTPConnection
 
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo
@@ -58,6 +56,24 @@ class StillRunningError(SupervisorError):
     pass
 
 
+class Faults:
+    """supervisord's XML-RPC fault codes, those this client tells apart (its API documentation lists them all;
+    tests/unit/test_client.py holds them to `supervisor.xmlrpc.Faults`). Not imported from there: that module
+    loads supervisor's own HTTP server, its configuration parser and more, 2.3 MB in each daemon that is only
+    ever a client (the exporter, the listener)."""
+
+    UNKNOWN_METHOD = 1
+    BAD_NAME = 10
+    NO_FILE = 20
+    NOT_EXECUTABLE = 21
+    ABNORMAL_TERMINATION = 40
+    SPAWN_ERROR = 50
+    ALREADY_STARTED = 60
+    NOT_RUNNING = 70
+    ALREADY_ADDED = 90
+    STILL_RUNNING = 91
+
+
 _FAULT_ERRORS: dict[int, type[SupervisorError]] = {
     Faults.BAD_NAME: BadNameError,
     Faults.SPAWN_ERROR: SpawnError,
@@ -69,17 +85,33 @@ _FAULT_ERRORS: dict[int, type[SupervisorError]] = {
 _IDEMPOTENT = frozenset({Faults.ALREADY_STARTED, Faults.NOT_RUNNING, Faults.ALREADY_ADDED})
 
 
-class _Connection(UnixStreamHTTPConnection):  # type: ignore[misc]
-    """supervisor's unix-socket HTTP connection, with a timeout on connect and on every read."""
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection to supervisord's unix socket, with a timeout on connect and on every read."""
 
-    def __init__(self, socketfile: str, timeout: float) -> None:
+    def __init__(self, socket_path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
-        self.socketfile = socketfile
+        self.socket_path = socket_path
 
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socketfile)
+        self.sock.connect(self.socket_path)
+
+
+class _Transport(xmlrpc.client.Transport):
+    """xmlrpc.client's transport (HTTP/1.1, its connection kept between calls) over supervisord's socket."""
+
+    def __init__(self, socket_path: str, timeout: float) -> None:
+        super().__init__()
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def make_connection(self, host: Any) -> http.client.HTTPConnection:
+        connection = self._connection[1]
+        if connection is None:
+            connection = _Connection(self.socket_path, self.timeout)
+            self._connection = host, connection
+        return connection
 
 
 class Client:
@@ -88,10 +120,8 @@ class Client:
     def __init__(self, socket_path: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        transport = SupervisorTransport(None, None, f"unix://{socket_path}")
-        transport._get_connection = lambda: _Connection(socket_path, timeout)  # noqa: SLF001 - the documented seam
-        self._transport = transport
-        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        self._transport = _Transport(socket_path, timeout)
+        self._proxy = xmlrpc.client.ServerProxy("http://localhost", transport=self._transport)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -36,6 +36,8 @@ whole `ManifestSet` or raises one `ManifestError` with every diagnostic.
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import json
 import os
 import re
@@ -192,7 +194,7 @@ class _Loader:
                 self.error(node.where, f"agents.{name}", f"the overlay names an unknown agent ({hint})")
         unreadable = frozenset(os.path.splitext(os.path.basename(p))[0] for p in paths if self.files.get(p) is None)
         context = Context(project_dir=self.project_dir, environ=self.environ, check_commands=self.options.check_commands,
-                          unreadable=unreadable)
+                          unreadable=unreadable, settings=settings)
         if self.options.cpu_count is not None:
             context.cpu_count = self.options.cpu_count
         self.checker.diagnostics.extend(validate_agents(drafts, context))
@@ -420,4 +422,10 @@ class _Loader:
     @staticmethod
     def build(draft: Draft) -> model.Agent:
         assert draft.valid  # load() builds only when no error was found
-        return model.Agent(**draft.values, source=draft.name_loc)
+        values = dict(draft.values)
+        env = values.get("env", model.EMPTY)
+        # env holds plain values and secrets alike in a manifest; the model keeps the secrets apart, so nothing that
+        # writes an agent's environment can write a secret by mistake
+        values["env"] = MappingProxyType({k: v for k, v in env.items() if isinstance(v, str)})
+        values["secrets"] = MappingProxyType({k: v for k, v in env.items() if isinstance(v, model.Secret)})
+        return model.Agent(**values, source=draft.name_loc)

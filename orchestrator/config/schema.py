@@ -23,7 +23,8 @@ ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
 _name = Str(what=AGENT_NAME_WHAT, pattern=AGENT_NAME)
 _command = OneOf(
-    options=((list, ListOf(Str(numbers=True), min_items=1)), (str, Str())),
+    # an argument may hold any text but NUL (validators): the launch file carries it, not supervisord
+    options=((list, ListOf(Str(numbers=True, multiline=True), min_items=1)), (str, Str())),
     what="a list of strings (program and arguments), or one string split like a shell would",
 )
 
@@ -98,8 +99,17 @@ _resources = Record(
                           "what a reached limit does: restart (through the restart policy), stop, or alert only",
                           default="restart"),
         "open_files": Field(Int(min=1), "limit on open file descriptors (RLIMIT_NOFILE)"),
-        "nice": Field(Int(min=-20, max=19), "scheduling niceness"),
-        "cpu_affinity": Field(ListOf(Int(min=0), min_items=1, unique=True), "CPUs the agent may run on"),
+        "nice": Field(Int(min=-20, max=19), "scheduling niceness (changed live)"),
+        "cpu_affinity": Field(ListOf(Int(min=0), min_items=1, unique=True), "CPUs the agent may run on (changed live)"),
+        "max_processes": Field(Int(min=1), "most processes and threads at once (cgroup pids.max; changed live)"),
+        "memory_max": Field(Size(), "memory the kernel lets each process's cgroup use: allocations beyond fail or are "
+                                    "killed inside it (cgroup memory.max; changed live)"),
+        "memory_high": Field(Size(), "memory above which the kernel throttles and reclaims (cgroup v2 memory.high; "
+                                     "changed live)"),
+        "cpu_max": Field(Number(min=0, exclusive_min=True), "CPU quota in cores, 0.5 = half a core (cgroup cpu.max; "
+                                                             "changed live)"),
+        "core_dumps": Field(Bool(), "allow core dumps (RLIMIT_CORE unlimited) or forbid them (0)"),
+        "oom_score_adj": Field(Int(min=-1000, max=1000), "the kernel OOM killer's preference (-1000 never, 1000 first)"),
         "warmup": Field(Duration(), "after a start, no threshold or liveness action for this long", default=30.0),
         "cooldown": Field(Duration(), "no second automatic action on the agent within this time", default=60.0),
     },
@@ -110,10 +120,34 @@ _resources = Record(
 _sandbox = Record(
     fields={
         "user": Field(Str(what="a user name", pattern=r"[A-Za-z_][A-Za-z0-9_.-]*\$?"), "run as this user (supervisord must run as root)"),
+        "group": Field(Str(what="a group name", pattern=r"[A-Za-z_][A-Za-z0-9_.-]*\$?"), "run with this group (default: the user's)"),
         "umask": Field(Str(what="an octal umask such as \"027\"", pattern=r"0?[0-7]{3}"), "file mode creation mask, octal, quoted"),
+        "private_tmp": Field(Bool(), "a temporary directory of its own as TMPDIR, removed after the agent stops",
+                             default=False),
+        "read_only_paths": Field(ListOf(Str(what="an absolute path", pattern=r"/.*"), unique=True),
+                                 "paths the agent sees read-only (a mount namespace of its own)", default=()),
+        "no_network": Field(Bool(), "no network: a network namespace of its own with loopback down", default=False),
     },
     build=model.Sandbox,
     what="a sandbox mapping",
+)
+
+_env_value = Str(numbers=True, multiline=True)   # any text: the launch file carries it, not supervisord
+
+
+def _build_secret(*, secret: bool, from_env: str) -> model.Secret:
+    return model.Secret(from_env=from_env)
+
+
+_secret = Record(
+    fields={
+        "secret": Field(Bool(), "true: the value is kept off disk (false is refused: write a plain value instead)",
+                        required=True),
+        "from_env": Field(Str(what="an environment variable name", pattern=ENV_NAME),
+                          "the variable of apply's environment the value is read from", required=True),
+    },
+    build=_build_secret,
+    what="a secret mapping",
 )
 
 _logs = Record(
@@ -138,8 +172,13 @@ def _agent_fields(*, template: bool) -> dict[str, Field]:
         "depends_on": Field(ListOf(Str(what="an agent name"), unique=True), "agents that must be ready before this one starts", default=()),
         "priority": Field(Int(min=0, max=999), "order among agents of one dependency level; lower first", default=100),
         "replicas": Field(Int(min=1, max=1000), "number of processes (supervisord numprocs)", default=1),
-        "env": Field(MapOf(Str(numbers=True), key_pattern=ENV_NAME, key_what="an environment variable name"),
-                     "environment variables", default=model.EMPTY),
+        "env": Field(MapOf(OneOf(options=((str, _env_value), (int, _env_value), (float, _env_value),
+                                          (dict, _secret)), what="a string or {secret: true, from_env: NAME}"),
+                           key_pattern=ENV_NAME, key_what="an environment variable name"),
+                     "environment variables, passed byte for byte; {secret: true, from_env: NAME} reads one from "
+                     "apply's environment and keeps it off disk", default=model.EMPTY),
+        "env_file": Field(Str(what="a file path"), "a file of NAME=VALUE lines, mode 0600, every value secret "
+                                                   "(relative: to the project directory)"),
         "directory": Field(Str(what="a directory path"), "working directory (relative paths: to the project directory)"),
         "readiness": Field(_probe(liveness=False), "when the agent counts as ready; without it: RUNNING after min_uptime"),
         "liveness": Field(_probe(liveness=True), "checked while the agent runs; failing it restarts the agent"),
@@ -147,7 +186,7 @@ def _agent_fields(*, template: bool) -> dict[str, Field]:
         "on_dependency_failure": Field(Enum(choices=model.DEPENDENCY_FAILURE_ACTIONS, noun="action"),
                                        "what this agent does when a dependency stops being ready", default="restart"),
         "resources": Field(_resources, "resource thresholds and limits", default=model.Resources()),
-        "sandbox": Field(_sandbox, "user and umask", default=model.Sandbox()),
+        "sandbox": Field(_sandbox, "user, group, umask, private /tmp, read-only paths, no network", default=model.Sandbox()),
         "min_uptime": Field(Duration(), "uptime after which a start counts as successful (supervisord startsecs)", default=1.0),
         "stop_signal": Field(Enum(choices=model.STOP_SIGNALS, noun="signal"), "signal that asks the agent to stop", default="TERM"),
         "stop_timeout": Field(Duration(), "time between the stop signal and SIGKILL", default=10.0),
@@ -200,6 +239,9 @@ _settings_fields: dict[str, Field] = {
         "prometheus": Field(Str(what="an http:// or https:// URL"), "the Prometheus the datasource reads, as Grafana reaches it",
                             default="http://127.0.0.1:9090"),
     }, build=model.Grafana, what="a grafana mapping"), "Grafana settings (apply annotates Grafana when set)", default=None),
+    "default_user": Field(Str(what="a user name", pattern=r"[A-Za-z_][A-Za-z0-9_.-]*\$?"),
+                          "when supervisord runs as root: the user of an agent without sandbox.user"),
+    "require_user": Field(Bool(), "when supervisord runs as root: refuse an agent that would run as root", default=False),
     "defaults": Field(AnyMapping(what="a mapping of agent fields"), "agent fields every agent inherits (below any template)",
                       default=model.EMPTY),
     "history": Field(Record(fields={

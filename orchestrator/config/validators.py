@@ -12,6 +12,7 @@ templated and type-checked; nothing here raises or stops at the first error.
 from __future__ import annotations
 
 import graphlib
+import grp
 import os
 import pwd
 import shlex
@@ -69,6 +70,9 @@ class Context:
     # Names of agents whose files could not be read (their stems): depending on
     # them is not an "unknown agent" error, the file's own error says enough.
     unreadable: frozenset[str] = frozenset()
+    settings: model.Settings = field(default_factory=lambda: model.Settings())
+    # whether supervisord (started by this user) runs as root: then an agent without a user runs as root
+    as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
 
 AgentValidator = Callable[[Draft, Context], Iterable[Diagnostic]]
@@ -296,6 +300,9 @@ def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
             if problem:
                 yield _error(item.loc, f"command[{index}]", f"argument {problem} (expected a shorter argument; "
                              "pass large data in a file the agent reads)")
+            elif isinstance(item.value, str) and "\0" in item.value:
+                yield _error(item.loc, f"command[{index}]", "argument contains a NUL character, which no argument "
+                             "can hold (expected text without \\0)")
     env = draft.node.get("env")
     if env is not None and isinstance(env.value, dict):
         for key, item in env.value.items():
@@ -303,16 +310,96 @@ def values_fit_supervisord(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
             if problem:
                 yield _error(item.loc, f"env.{key}", f"{key}={{value}} {problem} (expected a shorter value; "
                              "put large data in a file the agent reads)")
-            elif isinstance(item.value, str) and not svsyntax.breaks_line(item.value):  # line breaks: the type check said so
-                problem = svsyntax.env_value_problem(item.value)
-                if problem:
-                    yield _error(item.loc, f"env.{key}", f"value {problem} (expected a value supervisord can pass through; "
-                                 "move it to a file the agent reads)")
+            elif isinstance(item.value, str) and "\0" in item.value:
+                # any other value reaches the agent byte for byte (its launch file carries it, not supervisord)
+                yield _error(item.loc, f"env.{key}", "value contains a NUL character, which no environment can hold "
+                             "(expected text without \\0)")
     directory = draft.node.get("directory")
     if directory is not None and isinstance(directory.value, str) and not svsyntax.breaks_line(directory.value):
         problem = svsyntax.value_problem(directory.value)
         if problem:
             yield _error(directory.loc, "directory", f"path {problem} (expected a plain path)")
+
+
+def secrets_are_marked(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    """`{secret: false, ...}` is refused (a plain value is written as itself); a secret whose variable is not set
+    here is a warning: apply, which reads it, refuses then."""
+    env = draft.node.get("env")
+    if env is None or not isinstance(env.value, dict):
+        return
+    for key, item in env.value.items():
+        if not isinstance(item.value, dict):
+            continue
+        secret = item.value.get("secret")
+        if secret is not None and secret.value is False:
+            yield _error(secret.loc, f"env.{key}.secret", "false is not a secret (expected true; a plain value is "
+                         "written as the value itself)")
+        source = item.value.get("from_env")
+        if source is not None and isinstance(source.value, str) and source.value not in ctx.environ:
+            yield Diagnostic(source.loc, f"env.{key}.from_env", f"{source.value} is not set in this environment: "
+                             "apply reads the secret from it, and refuses without it", "warning")
+
+
+def env_file_is_private(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    value = draft.value("env_file")
+    node = draft.node.get("env_file")
+    if not value or node is None:
+        return
+    path = os.path.join(ctx.project_dir, value)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        yield _error(node.loc, "env_file", f"cannot read {path}: {exc.strerror} (expected a file of NAME=VALUE lines)")
+        return
+    if info.st_mode & 0o077:
+        yield _error(node.loc, "env_file", f"{path} has mode {info.st_mode & 0o777:04o}: its values are secrets "
+                     "(expected mode 0600: chmod 600 it)")
+
+
+def run_as_someone(drafts: Sequence[Draft], ctx: Context) -> Iterator[Diagnostic]:
+    """Under a root supervisord, an agent without `sandbox.user` runs as `default_user`, or else as root: said
+    once for the set (an error at each such agent with `require_user`)."""
+    if not ctx.as_root or ctx.settings.default_user:
+        return
+    rooted = [d for d in drafts if d.name and isinstance(sandbox := d.value("sandbox"), model.Sandbox) and not sandbox.user]
+    if not rooted:
+        return
+    why = ("supervisord runs as root and neither sandbox.user nor default_user (orchestrator.yaml) names a user, so "
+           "the agent and everything it starts may change anything on this machine")
+    if ctx.settings.require_user:
+        for draft in rooted:
+            yield _error(draft.name_loc, "sandbox.user", f"would run as root: {why}; require_user is set "
+                         "(expected sandbox.user, or default_user for every agent)")
+        return
+    names = ", ".join(sorted(str(d.name) for d in rooted))
+    yield Diagnostic(rooted[0].name_loc, "sandbox.user", f"{len(rooted)} agent(s) will run as root ({names}): {why} "
+                     "(set sandbox.user, or default_user for every agent; require_user: true makes this an error)",
+                     "warning")
+
+
+def sandbox_is_possible(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
+    """Namespaces (read_only_paths, no_network) need root; a group must exist."""
+    sandbox: model.Sandbox | None = draft.value("sandbox")
+    if sandbox is None:
+        return
+    if (sandbox.read_only_paths or sandbox.no_network) and not ctx.as_root:
+        key = "read_only_paths" if sandbox.read_only_paths else "no_network"
+        node = _child(draft.node, "sandbox", key)
+        if node is not None:
+            yield _error(node.loc, f"sandbox.{key}", "needs supervisord to run as root, to make the agent's mount "
+                         "and network namespaces (expected to run orchestrator as root, or no such sandbox)")
+    for index, path in enumerate(sandbox.read_only_paths):
+        node = _child(draft.node, "sandbox", "read_only_paths", index)
+        if node is not None and not os.path.exists(path):
+            yield _error(node.loc, f"sandbox.read_only_paths[{index}]", f"{path} does not exist on this machine "
+                         "(expected an existing path to mount read-only)")
+    node = _child(draft.node, "sandbox", "group")
+    if sandbox.group and node is not None:
+        try:
+            grp.getgrnam(sandbox.group)
+        except KeyError:
+            yield _error(node.loc, "sandbox.group", f"group {sandbox.group!r} does not exist on this machine "
+                         "(expected an existing group name)")
 
 
 def user_exists(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
@@ -348,10 +435,11 @@ def cpus_exist(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
                              "warning")
 
 
-SET_VALIDATORS: tuple[SetValidator, ...] = (unique_names, known_dependencies, no_cycles)
+SET_VALIDATORS: tuple[SetValidator, ...] = (unique_names, known_dependencies, no_cycles, run_as_someone)
 AGENT_VALIDATORS: tuple[AgentValidator, ...] = (
     thresholds_in_order, restart_fields_match_policy, probes_are_valid, command_is_runnable,
-    values_fit_supervisord, user_exists, directory_exists, cpus_exist,
+    values_fit_supervisord, user_exists, directory_exists, cpus_exist, secrets_are_marked, env_file_is_private,
+    sandbox_is_possible,
 )
 
 

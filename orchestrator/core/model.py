@@ -98,12 +98,36 @@ class Resources:
     cpu_affinity: tuple[int, ...] | None = None
     warmup: float = 30.0
     cooldown: float = 60.0
+    # kernel-enforced, each process in a cgroup of its own (host.cgroups); applied by the launcher before the
+    # agent's code runs. nice, cpu_affinity and these four change on a running agent without a restart (LIVE)
+    max_processes: int | None = None    # pids.max: forks beyond it fail
+    memory_max: int | None = None       # bytes: allocations beyond it fail, or the kernel kills inside the cgroup
+    memory_high: int | None = None      # bytes: above it the kernel throttles and reclaims (cgroup v2)
+    cpu_max: float | None = None        # cores: a quota (0.5 = half of one core)
+    core_dumps: bool | None = None      # RLIMIT_CORE: false 0, true unlimited; None inherits
+    oom_score_adj: int | None = None    # -1000..1000
+
+
+# resources a running agent takes without a restart (apply writes them beside the launch file and applies them
+# to its processes); the others are read by the launcher once, at its start
+LIVE_RESOURCES: tuple[str, ...] = ("nice", "cpu_affinity", "max_processes", "memory_max", "memory_high", "cpu_max")
 
 
 @dataclass(frozen=True)
 class Sandbox:
     user: str | None = None
+    group: str | None = None
     umask: str | None = None
+    private_tmp: bool = False                   # a temporary directory of its own as TMPDIR, removed after it stops
+    read_only_paths: tuple[str, ...] = ()       # mounted read-only for the agent (a mount namespace of its own)
+    no_network: bool = False                    # a network namespace of its own: loopback only, and down
+
+
+@dataclass(frozen=True)
+class Secret:
+    """An environment value kept off disk: read when a launch file is written, never stored in a version."""
+
+    from_env: str                               # the variable of apply's own environment it is read from
 
 
 @dataclass(frozen=True)
@@ -122,6 +146,8 @@ class Agent:
     priority: int = 100
     replicas: int = 1
     env: Mapping[str, str] = field(default_factory=_empty)
+    secrets: Mapping[str, Secret] = field(default_factory=_empty)   # env values marked secret (by name)
+    env_file: str | None = None     # a 0600 file of NAME=VALUE lines, every value secret (relative: to the project)
     vars: Mapping[str, Any] = field(default_factory=_empty)
     directory: str | None = None
     readiness: Probe | None = None
@@ -225,6 +251,8 @@ class Settings:
     history: HistorySettings = field(default_factory=HistorySettings)
     apply: ApplySettings = field(default_factory=ApplySettings)
     web: Web | None = None             # None: no `web` in orchestrator.yaml (`orchestrator web` uses Web())
+    default_user: str | None = None    # when supervisord runs as root: the user of an agent without sandbox.user
+    require_user: bool = False         # when supervisord runs as root: an agent must run as some user
 
 
 # A stored copy of a manifest set (history's `manifests/` of a version) holds this file, naming the
@@ -312,6 +340,7 @@ def agent_from_plain(data: Mapping[str, Any]) -> Agent:
         "command": tuple(data["command"]),
         "depends_on": tuple(data["depends_on"]),
         "env": MappingProxyType(dict(data["env"])),
+        "secrets": MappingProxyType({k: Secret(**v) for k, v in data.get("secrets", {}).items()}),
         "vars": MappingProxyType(dict(data["vars"])),
         "readiness": probe(data.get("readiness")),
         "liveness": probe(data.get("liveness")),
@@ -320,7 +349,7 @@ def agent_from_plain(data: Mapping[str, Any]) -> Agent:
                                   "memory_mb": Thresholds(**resources["memory_mb"]),
                                   "open_fds": Thresholds(**resources.get("open_fds", {})),
                                   "cpu_affinity": _tuple(resources.get("cpu_affinity"))}),
-        "sandbox": Sandbox(**data["sandbox"]),
+        "sandbox": Sandbox(**{**data["sandbox"], "read_only_paths": tuple(data["sandbox"].get("read_only_paths", ()))}),
         "logs": Logs(**data["logs"]),
         "source": Location(**data["source"]),
     })

@@ -20,6 +20,8 @@ from orchestrator.core.model import Agent
 MAIN_CONFIG = "supervisord.conf"
 PROGRAMS_DIR = "programs"    # programs/NAME.conf, one file per agent
 LOGS_DIR = "logs"
+TMP_DIR = "tmp"              # tmp/AGENT/PROCESS: an agent's private temporary directory (sandbox.private_tmp)
+LAUNCH_DIR = "launch"        # launch/NAME-DIGEST.json (0600), NAME.controls.json and the key (supervisord.launching)
 LIVE_DIR = "current"         # the live version (a link into history/)
 RUNTIME_DIR = "runtime"      # runtime/NAME.json, each agent's restart history (see state.runtime)
 EXITS_DIR = "exits"          # runtime/exits/GROUP:PROCESS: how a process last ended, written by supervisord's extension

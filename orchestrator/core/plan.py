@@ -34,15 +34,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.core.drift import Drift
-from orchestrator.core.names import is_internal
+from orchestrator.core.names import CONFIG_MARKER, is_internal
 from orchestrator.core.processes import DOWN_STATES, ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, kept_settings, to_plain
 
+# an agent's launch file's digest (supervisord.launching), and the section's own hash, which changes with it
+_LAUNCH_FILE = re.compile(r"-[0-9a-f]{16}\.json|" + CONFIG_MARKER + r"=[\"']?[0-9a-f]{16}")
 Kind = Literal["add", "remove", "replace", "update", "start", "unchanged"]
 KINDS: tuple[Kind, ...] = ("remove", "replace", "add", "update", "start", "unchanged")
 CHANGES = frozenset({"add", "remove", "replace", "update"})  # these record a new version
@@ -236,6 +239,10 @@ def plan(desired: ManifestSet, programs: Mapping[str, str], observed: Observed,
             continue
         fields = _changed_fields(previous, agent)
         if _significant(last_programs[name]) != _significant(programs[name]):
+            if not fields and _LAUNCH_FILE.sub("", last_programs[name]) == _LAUNCH_FILE.sub("", programs[name]):
+                # nothing of the manifest changed, yet its launch file did: what it holds beyond the manifest, a
+                # secret's value (said, never shown)
+                fields = ("env (a secret's value)",)
             actions.append(Action("replace", name, fields or ("supervisord settings",), "configuration changed"))
             continue
         if any(d.kind == "config" and d.agent == name for d in drift):

@@ -60,6 +60,9 @@ from orchestrator.core.keeping import (
 )
 from orchestrator.core.model import Agent
 from orchestrator.core.names import LOGS_DIR, process_names
+from orchestrator.core.units import MIB
+from orchestrator.host import cgroups
+from orchestrator.supervisord import launching
 from orchestrator.core.policies import AgentHistory, Exit
 from orchestrator.core.processes import UP_STATES
 from orchestrator.daemons.notify import Notifications
@@ -86,6 +89,7 @@ class Keeper:
         self.history = History(state_dir)
         self.notifications = Notifications(self.history, log=log)   # the exit alerts' (the exporter sends its own)
         self._own_lock = threading.Lock()
+        self._layout: cgroups.Layout | None = None
         self.expect_stop: set[str] = set()   # stops the keeper itself asked for: they keep their scheduled restart
         self.stopping: dict[str, threading.Thread] = {}   # agent -> the thread stopping it, while it runs
         self.recovering: set[str] = set()
@@ -179,10 +183,31 @@ class Keeper:
         began, ended_at, exitstatus = noted or self.client.process_times(process)
         # FATAL: supervisord could not start it at all (startsecs is 0, so never "exited too quickly")
         ended = Exit(exitstatus=None if state == "FATAL" else exitstatus, expected=payload.get("expected") == "1",
-                     during_start=state == "FATAL")
+                     during_start=state == "FATAL", detail=self._killed_for_memory(agent, group, payload))
         now = min(ended_at, self.clock()) if ended_at else self.clock()
         decision = self._record(agent, Ended(group, ended, serial=serial, started=began), now)
         self._carry_out(agent, decision.actions)
+
+    def _oom_kills(self, group: str, payload: Mapping[str, str]) -> int | None:
+        """The kernel's count of OOM kills in the process's cgroup (None: no cgroup, or no such count here)."""
+        if self._layout is None:
+            self._layout = cgroups.detect()
+        try:
+            back = cgroups.read(self._layout, launching.scope(self.state_dir), group, payload.get("processname", group))
+        except (cgroups.CgroupError, OSError, ValueError):
+            return None
+        return back.oom_kills if back is not None else None
+
+    def _killed_for_memory(self, agent: Agent, group: str, payload: Mapping[str, str]) -> str:
+        """Why the process ended when the kernel killed it for its memory_max (its cgroup, made anew at each
+        start by the launcher, counted an OOM kill), else nothing: the exit status says the rest."""
+        if agent.resources.memory_max is None:
+            return ""
+        kills = self._oom_kills(group, payload)
+        if not kills:
+            return ""
+        return (f"killed by the kernel: out of memory in its cgroup (memory_max {agent.resources.memory_max / MIB:.0f} MiB, "
+                f"{kills} OOM kill(s))")
 
     # -- carrying out --------------------------------------------------------------------
 
@@ -422,7 +447,8 @@ class Keeper:
             self._stops_done(waiting)  # a dependent still being stopped is started only once it is down
             restart = keeping.to_restart_when_back(waiting, agents)
             if restart:
-                stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()})
+                stop_in_order(self.client, restart, {n: a.depends_on for n, a in agents.items()},
+                              state_dir=self.state_dir)
             with runtime.changing(self.state_dir) as live:
                 for dependent in waiting:   # each comes back: counted as a restart for its dependency
                     live.agents[dependent] = replace(live.agent(dependent).restarted("dependency"), waiting_for="")

@@ -54,6 +54,7 @@ to make room; run supervisord in a leaf of its own delegated subtree instead.
 from __future__ import annotations
 
 import errno
+import contextlib
 import os
 import signal
 import time
@@ -466,12 +467,19 @@ def _write_limits(routes: dict[str, _Route], directory: dict[str, str], limits: 
 
 def place(layout: Layout, scope: str, agent: str, process: str, limits: Limits, pid: int) -> Placement:
     """Make the process's cgroups, write the limits, move `pid` in. A cgroup left by a previous run of the
-    process is reused once its leftovers are killed. An unsupported control is reported inactive; CgroupError
+    process is emptied (its leftovers killed) and made anew: what it counts (OOM kills) is this run's.
+    An unsupported control is reported inactive; CgroupError
     when a supported limit cannot be written or the process cannot be moved (an agent never runs unlimited
     silently)."""
     rel = path_of(scope, agent, process)
     routes = _routes(layout)
     used = _used(layout)
+    left = {name: h.dir(rel) for name, h in used.items() if os.path.isdir(h.dir(rel))}
+    if left:   # a previous run's: its leftovers killed, then made anew, so its counts (OOM kills) are this run's
+        _empty(left, spare={pid, os.getpid()}, timeout=_LEFTOVER_TIMEOUT)
+        for directory in left.values():
+            with contextlib.suppress(OSError):   # still busy: reused as it is
+                os.rmdir(directory)
     reused = any(os.path.isdir(h.dir(rel)) for h in used.values())
     paths = {name: _make(h, rel) for name, h in used.items()}
     refused = _enable_v2(layout.v2, rel, routes) if layout.v2 is not None else {}
@@ -569,6 +577,28 @@ def pids(layout: Layout, scope: str, agent: str | None = None) -> set[int]:
     rel = _scope_dir(scope) if agent is None else f"{_scope_dir(scope)}/{_name('agent', agent)}"
     found = _existing(layout, rel)
     return _members(next(iter(found.values()))) if found else set()
+
+
+def agents(layout: Layout, scope: str) -> set[str]:
+    """The agents that have cgroups in `scope`, in any hierarchy (what an emergency stop empties)."""
+    found: set[str] = set()
+    for h in _all(layout):
+        found.update(_subdirs(h.dir(_scope_dir(scope))))
+    return found
+
+
+def scope_of(pid: int) -> str | None:
+    """The scope of the cgroup process `pid` is in (None: none of ours, or the process is gone)."""
+    try:
+        lines = _read(f"/proc/{pid}/cgroup").splitlines()
+    except OSError:
+        return None
+    prefix = f"{SCOPE_PREFIX}-"
+    for line in lines:
+        for part in line.split(":", 2)[-1].split("/"):
+            if part.startswith(prefix):
+                return part[len(prefix):]
+    return None
 
 
 def kill(layout: Layout, scope: str, agent: str, *, process: str | None = None, timeout: float = 5.0) -> set[int]:

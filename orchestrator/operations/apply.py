@@ -33,9 +33,10 @@ from dataclasses import dataclass, field
 from orchestrator.core.events import Emit, Note, StopEvent, ignore
 from orchestrator.core.names import is_internal
 from orchestrator.state import runtime
-from orchestrator.supervisord import render
+from orchestrator.host import controls
+from orchestrator.supervisord import launching, render
 from orchestrator.supervisord.client import Client, NotRunningError
-from orchestrator.core.errors import OrchestratorError, not_running_message
+from orchestrator.core.errors import OrchestratorError, RenderError, not_running_message
 from orchestrator.state.history import LOCK_TIMEOUT, History, Version, read_manifest_files
 from orchestrator.core.model import Agent, ManifestSet
 from orchestrator.core.plan import Observed, Plan, plan
@@ -97,6 +98,24 @@ def observe(client: Client) -> Observed:
         return Observed(running=False)
 
 
+def _change_live_controls(manifests: ManifestSet, updated: Iterable[str], previous: Version | None, client: Client,
+                          emit: Emit) -> None:
+    """Niceness, affinity and cgroup limits an update changed, set on the agent's running processes (the same
+    PIDs: no restart). Its controls file, which the next start reads, is already written (history.record)."""
+    before = previous.agents if previous is not None else {}
+    changed = [a for a in manifests.agents if a.name in set(updated) and a.name in before
+               and launching.controls(before[a.name]) != launching.controls(a)]
+    if not changed:
+        return
+    running = client.processes()
+    for agent in changed:
+        pids = [p.pid for p in running if p.group == agent.name and p.pid]
+        problems = controls.apply_live(launching.scope(manifests.state_dir), agent.name, launching.controls(agent), pids)
+        wanted = ", ".join(f"{k} {v}" for k, v in sorted(launching.controls(agent).items())) or "none"
+        emit(Note(f"{agent.name}: controls changed on its running processes ({wanted})"
+                  + (f"; not all of them: {'; '.join(problems)}" if problems else "")))
+
+
 def compute(manifests: ManifestSet, client: Client) -> tuple[Plan, render.Rendering]:
     """The plan for `manifests` against what supervisord runs now and the live version."""
     rendering = render.render(manifests)
@@ -147,6 +166,8 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
     With `shown`, the plan computed here must have its fingerprint, or `confirm` accept the new plan
     (see `apply`); without, the plan computed here is carried out (up, which shows no plan)."""
     result, rendering = compute(manifests, client)
+    if rendering.problems:   # before anything changes: a launch without its secrets must not be written
+        raise RenderError("cannot write the agents' launch files:\n  " + "\n  ".join(rendering.problems))
     replanned = shown is not None and result.fingerprint != shown.fingerprint
     if shown is not None and replanned and (confirm is None or not confirm(shown, result)):
         raise PlanChangedError(shown, result)
@@ -168,6 +189,7 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
         report.version = history.record(manifests, rendering, message=message, command=command, semver=semver,
                                         rollback_of=rollback_of)
     version = report.version
+    _change_live_controls(manifests, result.names("update"), previous, client, emit)
     if not result.pending:
         drift.keep_held(manifests.state_dir, client, first=True)
         if version is not None:
@@ -181,7 +203,8 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
     if removing or result.names("replace"):
         mark_stopping(manifests.state_dir, [*removing, *result.names("replace")])
     if removing:
-        report.stop_failures.update(stop_in_order(client, removing, old_deps, emit=emit))
+        report.stop_failures.update(stop_in_order(client, removing, old_deps, emit=emit,
+                                                  state_dir=manifests.state_dir))
         for name in removing:
             if name not in report.stop_failures:
                 client.remove_group(name)
@@ -190,13 +213,16 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
     replacing = result.names("replace")
     if replacing:
         deps = {a.name: a.depends_on for a in manifests.agents}
-        report.stop_failures.update(stop_in_order(client, replacing, deps, emit=emit))
+        report.stop_failures.update(stop_in_order(client, replacing, deps, emit=emit,
+                                                  state_dir=manifests.state_dir))
         for name in replacing:
             if name not in report.stop_failures:
                 client.remove_group(name)
                 client.add_group(name)
     for name in result.names("add"):
         client.add_group(name)
+    if not report.stop_failures:   # no agent runs from an older launch file: those (and their secrets) go
+        history.prune_launches()
     _, stop_again = drift.put_back_records(manifests.state_dir, result.drift,
                                            latched=runtime.load_global(manifests.state_dir).latch is not None)
     if stop_again:

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field, replace
 
 from orchestrator.core.events import Emit, Note, ignore
 from orchestrator.core.names import is_internal
-from orchestrator.host import orphans, processes
+from orchestrator.host import cgroups, orphans, processes
 from orchestrator.state import runtime
 from orchestrator.operations.apply import mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.core.processes import UP_STATES
+from orchestrator.supervisord import launching
 from orchestrator.supervisord.client import Client, SupervisorError
 from orchestrator.core.errors import OrchestratorError, require_known
 from orchestrator.core.graph import Graph
@@ -91,7 +92,7 @@ def stop(state_dir: str, client: Client, names: Iterable[str] | None, *, no_deps
     agents, _, graph, wanted = _select(state_dir, names, no_deps=no_deps, related=Graph.dependents)
     mark_stopping(state_dir, wanted)
     failures = stop_in_order(client, wanted, {n: a.depends_on for n, a in agents.items()},
-                             emit=emit)
+                             emit=emit, state_dir=state_dir)
     if failures:
         raise OrchestratorError("; ".join(f"{n} could not be stopped: {why}" for n, why in sorted(failures.items())))
     return [n for n in graph.stop_order if n in wanted]
@@ -132,6 +133,7 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
     victims = orphans.find(state_dir, agents_only=True)
     report.signalled = len(victims)
     report.killed = processes.end_groups(victims, deadline=deadline, say=lambda line: emit(Note(line)))
+    report.killed += _empty_cgroups(state_dir, emit)
     try:
         with runtime.changing(state_dir, timeout=LATCH_LOCK_TIMEOUT) as live:
             live.latch = runtime.Latch(since=time.time(), reason=reason)
@@ -143,6 +145,28 @@ def emergency_stop(state_dir: str, client: Client | None, *, reason: str = "", d
         report.problems.append(f"the latch could not be recorded in {state_dir}: {why}; the agents were stopped, but "
                                "a start or apply is not refused until it is (emergency-stop again once that is fixed)")
     return report
+
+
+def _empty_cgroups(state_dir: str, emit: Emit) -> int:
+    """What is still in the agents' cgroups after the signals (a process that cleared its environment, so no
+    marker finds it), killed; how many."""
+    scope = launching.scope(state_dir)
+    try:
+        layout = cgroups.detect()
+        left = cgroups.agents(layout, scope)
+    except (cgroups.CgroupError, OSError):
+        return 0
+    killed = 0
+    for agent in sorted(left):
+        try:
+            gone = cgroups.kill(layout, scope, agent)
+        except cgroups.CgroupError as exc:
+            emit(Note(f"{agent}: its cgroup could not be emptied: {exc}"))
+            continue
+        if gone:
+            emit(Note(f"{agent}: killed {len(gone)} process(es) left in its cgroup"))
+            killed += len(gone)
+    return killed
 
 
 def emergency_clear(state_dir: str) -> runtime.Latch | None:

@@ -25,7 +25,7 @@ from orchestrator.core.plan import Plan
 from orchestrator.operations.apply import ApplyReport, Confirm, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
 from orchestrator.supervisord.client import Client, SupervisorError
-from orchestrator.core.errors import StateError
+from orchestrator.core.errors import RenderError, StateError
 from orchestrator.operations.reach import refuse_if_hung, socket_of
 from orchestrator.state.history import LISTENER_READY, LOCK_TIMEOUT, History, leave_claim, leave_pointer
 from orchestrator.core.model import ManifestSet, kept_settings
@@ -90,6 +90,8 @@ def up(manifests: ManifestSet, *, shown: Plan | None = None, confirm: Confirm | 
         leave_pointer(manifests.origin_dir, manifests.state_dir, manifests.env)
         if not client.is_running():
             rendering = render.render(manifests)
+            if rendering.problems:   # before supervisord starts: a launch without its secrets is not written
+                raise RenderError("cannot write the agents' launch files:\n  " + "\n  ".join(rendering.problems))
             current = history.current()
             programs = {a.name: rendering.program(a.name) for a in manifests.agents}
             if current is None or current.main != rendering.main or current.programs != programs:
@@ -141,7 +143,7 @@ def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:
         deps = {n: a.depends_on for n, a in (current.agents if current else {}).items()}
         names = sorted({p.group for p in client.processes() if not is_internal(p.group)})
         mark_stopping(state_dir, names)
-        failures = stop_in_order(client, names, deps, emit=emit)
+        failures = stop_in_order(client, names, deps, emit=emit, state_dir=state_dir)
         # supervisord retires one stopped group per pass of its loop while shutting down, and an
         # idle pass waits up to 1 s: 12 groups took 12 s. Removed groups cost it nothing.
         for name in names:

@@ -212,7 +212,7 @@ class Sequencer:
             if state == "stopped":
                 return False, detail, status
             if state == "timeout":  # not ready in time: a failed attempt; the keeper decides what follows
-                stop_in_order(self.client, [name], {})
+                stop_in_order(self.client, [name], {}, state_dir=self.state_dir)
                 report_not_ready(self.client, name, exits=seen, detail=detail)
             entry = self._await_decision(name, seen)
             seen = entry.exits

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from orchestrator.core.units import MIB
 from orchestrator.core.health import HealthInputs, score
 from orchestrator.core.names import is_internal
-from orchestrator.host import probes
+from orchestrator.host import cgroups, controls, probes
 from orchestrator.host.processes import sample as sample_trees
 from orchestrator.core.processes import ProcessInfo, RUNNING, UP_STATES
 from orchestrator.supervisord.client import Client
@@ -49,12 +49,15 @@ class Row:
     score: int | None = None              # health 0-100 (core.health); None for a process of no declared agent
     penalties: tuple[dict[str, object], ...] = ()   # each point lost: cause, points, detail
     drift: tuple[str, ...] = ()           # what was changed outside orchestrator about its agent (core.drift)
+    controls: dict[str, object] | None = None   # what is in force on the process, read back (host.controls)
 
     def as_dict(self) -> dict[str, object]:
         # field by field: dataclasses.asdict deep-copies every value, a seventh of `status` at 500 agents
         plain: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
         plain["penalties"] = [dict(p) for p in self.penalties]
         plain["drift"] = list(self.drift)
+        if self.controls is None:
+            del plain["controls"]
         return plain
 
 
@@ -84,14 +87,16 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
             alerts: Mapping[str, tuple[str, ...]] | None = None,
             sampled: Mapping[int, tuple[float | None, int | None]] | None = None,
             processes: list[ProcessInfo] | None = None, checked: Checked | None = None,
-            check_every: float = 0.0) -> list[Row]:
+            check_every: float = 0.0, scope: str | None = None) -> list[Row]:
     """A row per process of the agents (all of them, or `names`); a desired agent supervisord lacks is ABSENT.
 
     `alerts`: the levels of each agent's open alerts, which its health score counts. `sampled`: CPU and RSS by
     pid from the exporter's latest sample (state.samples); without it, status samples the process trees itself.
     `processes`: supervisord's process list when the caller has it (asked for here otherwise). `checked`: a
     caller that looks often (the control room, twice a second) keeps the probes' answers there, and an agent's
-    probes run again only after `check_every` seconds or when its processes changed (pid or state)."""
+    probes run again only after `check_every` seconds or when its processes changed (pid or state). `scope`:
+    the state directory's cgroup scope (supervisord.launching), to read back the controls in force on each
+    running process (its limits, namespaces, user, cgroup) into its row; without it, none are read."""
     by_group: dict[str, list[ProcessInfo]] = {}
     for process in client.processes() if processes is None else processes:
         if not is_internal(process.group):
@@ -113,6 +118,7 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = dict(zip(wanted, pool.map(check, wanted), strict=True))
+    layout = cgroups.detect() if scope is not None else None
     rows = []
     now = time.time() if now is None else now
     for group in wanted:
@@ -139,8 +145,11 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
                                        memory_mb=None if rss is None else rss / MIB, uptime=process.uptime if up else None,
                                        liveness_failures=1 if health.startswith("failing") else 0)
             points, penalties = _health(agent, history, figures_now, opened)
+            in_force = None
+            if layout is not None and process.pid and up:
+                in_force = controls.read(process.pid, scope=scope, agent=group, process=process.name, layout=layout)
             rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,
-                            health=health, ready=ready and up, score=points, penalties=penalties,
+                            health=health, ready=ready and up, score=points, penalties=penalties, controls=in_force,
                             **policy))  # type: ignore[arg-type]
     return rows
 
@@ -198,6 +207,35 @@ def _bytes(value: int | None) -> str:
 def _short(text: str, width: int = 48) -> str:
     """A table cell: long texts cut (the whole text is in `--output json`)."""
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe_controls(found: Mapping[str, object]) -> list[str]:
+    """The controls in force on a process, as lines for `status NAME`."""
+    lines = []
+    plain = [f"{key} {found[key]}" for key in ("user", "group", "nice", "oom_score_adj") if found.get(key) is not None]
+    if found.get("cpu_affinity") is not None:
+        plain.append("cpu_affinity " + ",".join(map(str, found["cpu_affinity"])))  # type: ignore[call-overload]
+    for key in ("open_files", "process_limit"):
+        plain.append(f"{key} {'unlimited' if found.get(key) is None else found[key]}")
+    plain.append(f"core_dumps {'allowed' if found.get('core_dumps') else 'off'}")
+    plain.append(f"network {'its own (none)' if found.get('own_network') else 'the host'}")
+    plain.append(f"mounts {'its own' if found.get('own_mounts') else 'the host'}")
+    lines.append(", ".join(plain))
+    cgroup = found.get("cgroup")
+    if isinstance(cgroup, Mapping):
+        def size(value: object) -> str:
+            return "unlimited" if value is None else _bytes(int(value))  # type: ignore[call-overload]
+        lines.append(f"cgroup: memory_max {size(cgroup.get('memory_max'))}, memory_high {size(cgroup.get('memory_high'))}, "
+                     f"cpu_max {'unlimited' if cgroup.get('cpu_max') is None else cgroup['cpu_max']}, "
+                     f"max_processes {'unlimited' if cgroup.get('max_processes') is None else cgroup['max_processes']}; "
+                     f"using {size(cgroup.get('memory_current'))} and {cgroup.get('pids_current')} process(es), "
+                     f"{cgroup.get('oom_kills') if cgroup.get('oom_kills') is not None else 'unknown'} OOM kill(s)")
+    else:
+        lines.append("cgroup: none (the launcher could not place it in one)")
+    inactive = found.get("inactive")
+    if isinstance(inactive, Mapping) and inactive:
+        lines.append("not active here: " + "; ".join(f"{k}: {v}" for k, v in sorted(inactive.items())))
+    return lines
 
 
 def table(rows: list[Row]) -> list[tuple[list[str], str | None]]:

@@ -17,11 +17,15 @@ keeper (liveness and dependency failures).
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 
 from orchestrator.core.events import Emit, StopEvent, ignore
-from orchestrator.host import processes
+from orchestrator.core.names import TMP_DIR
+from orchestrator.host import cgroups, processes
+from orchestrator.supervisord import launching
 from orchestrator.core.processes import DOWN_STATES
 from orchestrator.supervisord.client import BadNameError, Client, SupervisorError
 from orchestrator.core.graph import Graph
@@ -33,12 +37,16 @@ LEFTOVER_GRACE = 3.0    # between SIGTERM and SIGKILL for what an agent left beh
 
 
 def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str, Iterable[str]],
-                  *, emit: Emit = ignore) -> dict[str, str]:
-    """Stop `names` dependents first, each dependency level in parallel; the ones that failed to stop, with why."""
+                  *, emit: Emit = ignore, state_dir: str | None = None) -> dict[str, str]:
+    """Stop `names` dependents first, each dependency level in parallel; the ones that failed to stop, with why.
+    `state_dir`: the agents' state directory, so an agent with no process running still has its cgroups
+    emptied (its running processes say their cgroups), and a stopped agent's private /tmp is removed."""
     chosen = set(names)
     waves = Graph.of_edges({n: depends_on.get(n, ()) for n in chosen}).waves
     failures: dict[str, str] = {}
-    trees = _trees(client, chosen)
+    trees, scopes = _trees(client, chosen)
+    if state_dir is not None:
+        scopes = {**dict.fromkeys(chosen, launching.scope(state_dir)), **scopes}
     for wave in reversed(waves):
         stopping: dict[str, list[str]] = {}
         for name in wave:
@@ -57,22 +65,46 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
         if mine:
             emit(StopEvent(name, f"ended {len(mine)} process(es) it left behind outside its process group "
                                  f"(pid {', '.join(map(str, mine))})"))
+    # and what no tree shows any more (a grandchild whose parent ended, re-parented): whatever is still in a
+    # stopped agent's cgroups is killed, and said
+    for name, scope in sorted(scopes.items()):
+        if name in failures:
+            continue
+        killed = end_cgroup(scope, name)
+        if killed:
+            emit(StopEvent(name, f"killed {len(killed)} process(es) left in its cgroup (pid {', '.join(map(str, sorted(killed)))})"))
+    if state_dir is not None:   # sandbox.private_tmp: removed once the agent is stopped (its next start makes it anew)
+        for name in chosen - set(failures):
+            shutil.rmtree(os.path.join(state_dir, TMP_DIR, name), ignore_errors=True)
     return failures
 
 
-def _trees(client: Client, names: set[str]) -> dict[str, list[processes.Process]]:
+def end_cgroup(scope: str, agent: str) -> set[int]:
+    """Kill what is left in the cgroups of a stopped agent (none without cgroups); the pids killed."""
+    try:
+        return cgroups.kill(cgroups.detect(), scope, agent)
+    except cgroups.CgroupError:
+        return set()
+
+
+def _trees(client: Client, names: set[str]) -> tuple[dict[str, list[processes.Process]], dict[str, str]]:
     """The descendants of each agent's processes, before they are stopped: whatever of them outlives the
-    stop (a child that called setsid escapes supervisord's group signals) is ended afterwards."""
+    stop (a child that called setsid escapes supervisord's group signals) is ended afterwards; and the
+    cgroup scope each agent's processes are in (host.cgroups), whose cgroups are emptied afterwards."""
     if not names:
-        return {}
+        return {}, {}
     roots: dict[str, list[int]] = {}
+    scopes: dict[str, str] = {}
     try:
         for info in client.processes():
             if info.group in names and info.pid:
                 roots.setdefault(info.group, []).append(info.pid)
+                scope = cgroups.scope_of(info.pid)
+                if scope is not None:
+                    scopes[info.group] = scope
     except SupervisorError:
-        return {}
-    return {name: tree for name, tree in processes.descendants(roots).items() if tree}
+        return {}, {}
+    return {name: tree for name, tree in processes.descendants(roots).items() if tree}, scopes
 
 
 def wait_stopped(client: Client, processes: Mapping[str, Iterable[str]], *, timeout: float = STOP_TIMEOUT,

@@ -53,7 +53,7 @@ from orchestrator.core.errors import LockHeldError, StateError
 from orchestrator.core.model import ORIGIN_FILE, Agent, ManifestSet, agent_from_plain, kept_settings, to_plain
 from orchestrator.core.names import MAIN_CONFIG, PROGRAMS_DIR
 from orchestrator.core.versions import check_tag, content_hash, to_prune
-from orchestrator.state import rendered
+from orchestrator.state import launches, rendered
 from orchestrator.state.files import LockBusy, exclusive, make_private, point, write_atomically, write_tree
 
 HISTORY = "history"
@@ -103,6 +103,12 @@ class RenderedFiles(Protocol):
 
     @property
     def files(self) -> Mapping[str, str]: ...
+
+    @property
+    def launch_files(self) -> Mapping[str, str]: ...   # written into the state directory, never into the version
+
+    @property
+    def problems(self) -> list[str]: ...               # why its launch files cannot be written (unread secrets)
 
 
 CLAIM = "up.claim"
@@ -206,6 +212,19 @@ class History:
         self._live = (target, version)
         return version
 
+    def prune_launches(self) -> None:
+        """Remove the launch files the live version does not name (apply, once no agent runs an older one)."""
+        launches.prune(self.state_dir, launches.named_in(self._live_programs()))
+
+    def _live_programs(self) -> list[str]:
+        """The text of the live version's program sections (none without one)."""
+        directory = os.path.join(self.state_dir, CURRENT, PROGRAMS_DIR)
+        texts = []
+        for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            with open(os.path.join(directory, name), encoding="utf-8") as handle:
+                texts.append(handle.read())
+        return texts
+
     def current_main(self) -> str | None:
         """The live version's main supervisord configuration alone (None without a live version): what finding
         supervisord's socket needs, without reading every program of the version."""
@@ -253,6 +272,9 @@ class History:
 
         `semver`: of the change (core.versions.next_semver); `command`: what made it; `rollback_of`: the version
         a rollback returns to."""
+        if rendering.problems:
+            raise StateError("cannot record a version whose launch files cannot be written:\n  "
+                             + "\n  ".join(rendering.problems))
         os.makedirs(self.root, exist_ok=True)
         for left in os.listdir(self.root):  # the scratch of a record killed midway (the lock is ours: nobody writes one now)
             if left.startswith(".tmp-"):
@@ -290,6 +312,7 @@ class History:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+        launches.install(self.state_dir, rendering.launch_files, keep=launches.named_in(self._live_programs()))
         point(os.path.join(self.state_dir, CURRENT), os.path.join(HISTORY, f"{number:04d}"))
         if not os.path.islink(self.config_path):
             point(self.config_path, os.path.join(CURRENT, MAIN_CONFIG))

@@ -29,6 +29,7 @@ import jinja2
 from orchestrator.core import svsyntax
 from orchestrator.core.errors import Diagnostic, Location, RenderError
 from orchestrator.core.model import Agent, ManifestSet
+from orchestrator.supervisord import launching
 from orchestrator.core.names import (CONFIG_MARKER, ENV_MARKER, EXPORTER, LISTENER, LIVE_DIR, LOGS_DIR, MAIN_CONFIG,
                                      MANIFESTS_MARKER, MARKER, PROGRAMS_DIR)
 
@@ -42,22 +43,10 @@ def _with_hash(program: str) -> tuple[str, str]:
     return _PENDING_RE.sub(lambda m: f"{CONFIG_MARKER}={m.group(1)}{digest}", program, count=1), digest
 
 
-def launch_argv(agent: Agent) -> list[str]:
-    """The agent's command behind exec-only wrappers that keep its PID.
-
-    setpriv gives it a parent-death signal (TERM), so a supervisord killed with
-    SIGKILL does not leave it running, holding its port, beside a second copy;
-    nice, taskset and prlimit apply `resources` before the agent's own code runs.
-    """
-    argv = ["setpriv", "--pdeathsig", "TERM", "--"]
-    resources = agent.resources
-    if resources.nice is not None:
-        argv += ["nice", "-n", str(resources.nice)]
-    if resources.cpu_affinity:
-        argv += ["taskset", "--cpu-list", ",".join(map(str, resources.cpu_affinity))]
-    if resources.open_files is not None:
-        argv += ["prlimit", f"--nofile={resources.open_files}:{resources.open_files}", "--"]
-    return argv + list(agent.command)
+def launch_argv(python: str, state_dir: str, launch: launching.Launch) -> list[str]:
+    """The command supervisord runs for an agent: the launcher (host.launcher), reading its launch file. The
+    launcher applies `resources` and `sandbox` and execs the agent's command in place, keeping its PID."""
+    return [python, "-m", "orchestrator.launch", os.path.join(state_dir, launch.path)]
 
 
 def template_dir() -> Path:
@@ -121,6 +110,19 @@ class Rendering:
     files: Mapping[str, str]
     state_dir: str
     hashes: Mapping[str, str] = field(default_factory=dict)   # agent -> the configuration hash its processes carry
+    # agent -> its launch: written into the state directory only (0600), never into a version (secrets)
+    launches: Mapping[str, launching.Launch] = field(default_factory=dict)
+
+    @property
+    def launch_files(self) -> dict[str, str]:
+        """The files the launches are, relative to the state directory: each launch file and controls file."""
+        return {rel: text for launch in self.launches.values()
+                for rel, text in ((launch.path, launch.content), (launch.controls_path, launch.controls))}
+
+    @property
+    def problems(self) -> list[str]:
+        """What keeps the launches from being written (secrets that could not be read), agent by agent."""
+        return [f"agent {name}: {problem}" for name, launch in sorted(self.launches.items()) for problem in launch.problems]
 
     @property
     def main(self) -> str:
@@ -159,12 +161,18 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
         listener_env={**marker, MANIFESTS_MARKER: manifests.origin_dir, ENV_MARKER: manifests.env or ""},
         **_exporter(manifests, state, python, marker))}
     hashes: dict[str, str] = {}
+    launches: dict[str, launching.Launch] = {}
+    key = launching.key(state, create=any(a.secrets or a.env_file for a in manifests.agents))
     for agent in manifests.agents:
         directory = os.path.normpath(os.path.join(project_dir, agent.directory or "."))
         source = os.path.relpath(agent.source.file, manifests.manifests_dir) if agent.source.file else agent.name
+        launches[agent.name] = launch = launching.launch(agent, manifests, state, argv=list(agent.command), key_bytes=key,
+                                                         environ=os.environ)
         files[f"{PROGRAMS_DIR}/{agent.name}.conf"], hashes[agent.name] = _with_hash(_render(
-            env, "program.conf.j2", common, agent, directory=directory, source=source, launch=launch_argv(agent),
-            environment={**agent.env, **marker, CONFIG_MARKER: _PENDING_HASH},
+            env, "program.conf.j2", common, agent, directory=directory, source=source,
+            launch=launch_argv(python, state, launch),
+            # the agent's own environment is in its launch file, exactly: only the markers go through supervisord
+            environment={**marker, CONFIG_MARKER: _PENDING_HASH},
             log_base=os.path.join(state, LOGS_DIR, agent.name),
             # supervisord fills in each replica's number; written raw, not escaped
             replica_suffix="-%(process_num)d" if agent.replicas > 1 else "",
@@ -172,7 +180,7 @@ def render(manifests: ManifestSet, *, state_dir: str | None = None, templates: P
     if single_file:
         programs = [files.pop(rel) for rel in sorted(files) if rel != MAIN_CONFIG]
         files[MAIN_CONFIG] = "\n".join([files[MAIN_CONFIG], *programs])
-    return Rendering(files=files, state_dir=state, hashes=hashes)
+    return Rendering(files=files, state_dir=state, hashes=hashes, launches=launches)
 
 
 def _exporter(manifests: ManifestSet, state: str, python: str, marker: Mapping[str, str]) -> dict[str, Any]:

@@ -63,3 +63,23 @@ def test_every_package_of_the_source_tree_is_listed_for_installation():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "orchestrator").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+LAUNCH_MODULE = "orchestrator.launch"
+
+
+def test_every_agent_is_started_through_the_pinned_launcher(tmp_path):
+    manifests = load(LoadOptions(str(FIXTURES / "valid" / "rich"), state_dir=str(tmp_path / "state"), check_commands=False))
+    rendering = render.render(manifests)
+    for agent in manifests.agents:
+        command = next(line for line in rendering.program(agent.name).splitlines() if line.startswith("command="))
+        assert f" -m {LAUNCH_MODULE} " in command
+
+
+def test_the_pinned_launcher_loads_without_the_heavy_libraries():
+    """The launcher runs at every start of every agent: it loads the standard library and its own modules only."""
+    probe = (f"import json, sys, {LAUNCH_MODULE} as launch; "
+             f"print(json.dumps([callable(launch.main), sorted(n for n in ('jinja2', 'ruamel', 'click', 'psutil', "
+             f"'supervisor', 'prometheus_client') if n in sys.modules)]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [True, []]

@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
 
 RANK = {"core": 0, "config": 1, "supervisord": 1, "state": 1, "host": 1, "operations": 2, "daemons": 3, "interfaces": 4}
-ENTRY_MODULES = {"__init__", "__main__", "listener", "wakeup", "exporter"}
+ENTRY_MODULES = {"__init__", "__main__", "listener", "wakeup", "exporter", "launch"}
 STANDALONE = {"demo"}  # imports nothing of orchestrator
 
 # third-party library -> the modules (or packages) allowed to import it

@@ -9,6 +9,7 @@ import pytest
 
 from orchestrator.core.errors import ManifestError
 from orchestrator.config.manifest import LoadOptions, load
+from tests.conftest import ROOT_USER
 
 BASES = {
     "templates/base.yaml": """
@@ -187,7 +188,8 @@ def test_an_exporter_beyond_loopback_is_an_error_at_its_line_unless_asked_for_an
     found = [(d.location.file.rsplit("/", 1)[1], d.location.line, d.key) for d in caught.value.errors]
     assert found == [("orchestrator.yaml", 3, "exporter.listen")]
     assert "exporter.allow_remote" in caught.value.errors[0].message
-    manifests = manifest_set({**agent, "orchestrator.yaml": "project: p\nexporter:\n  listen: 0.0.0.0:9300\n  allow_remote: true\n"})
+    manifests = manifest_set({**agent, "orchestrator.yaml": "project: p\nexporter:\n  listen: 0.0.0.0:9300\n  allow_remote: true\n"
+                                              + ROOT_USER})
     loaded = _load(manifests)
     assert [(w.severity, w.key, w.location.line) for w in loaded.warnings] == [("warning", "exporter.listen", 3)]
 

@@ -8,6 +8,7 @@ and review the diff like code.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -46,6 +47,7 @@ def _normalized(text: str, manifests: Path) -> str:
     """Machine-specific paths (and the configuration hash, computed over them) replaced by placeholders,
     so the golden files hold on any machine."""
     text = text.replace(sys.executable, "@PYTHON@").replace(str(manifests.parent), "@PROJECT@")
+    text = re.sub(r"(/launch/[a-z0-9-]+)-[0-9a-f]{16}\.json", r"\1-@DIGEST@.json", text)
     return re.sub(render.CONFIG_MARKER + r'=(["\']?)[0-9a-f]{16}', render.CONFIG_MARKER + r"=\1@CONFIG@", text)
 
 
@@ -85,9 +87,12 @@ def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_
         processes = groups[agent.name].process_configs
         assert len(processes) == agent.replicas
         for process in processes:
-            assert shlex.split(process.command) == render.launch_argv(agent)
-            assert render.launch_argv(agent)[-len(agent.command):] == list(agent.command)
-            assert process.environment == {**agent.env, render.MARKER: manifests.state_dir,
+            launch = rendering.launches[agent.name]
+            assert shlex.split(process.command) == render.launch_argv(sys.executable, manifests.state_dir, launch)
+            assert json.loads(launch.content)["argv"] == list(agent.command)
+            assert json.loads(launch.content)["env"] == dict(agent.env)
+            # the agent's own environment is in its launch file; supervisord carries the markers alone
+            assert process.environment == {render.MARKER: manifests.state_dir,
                                            render.CONFIG_MARKER: rendering.hashes[agent.name]}
             assert process.stopasgroup and process.killasgroup
             assert process.autostart is False
@@ -116,12 +121,14 @@ def test_a_socket_path_too_long_for_unix_sockets_is_a_manifest_error(manifest_se
     assert "longer than the 107 a unix socket allows" in str(caught.value)
 
 
-def test_resources_are_applied_by_exec_wrappers_that_keep_the_agents_pid():
-    agent = _load("default").agent("portfolio-tracker")
-    argv = render.launch_argv(agent)
-    assert argv[:4] == ["setpriv", "--pdeathsig", "TERM", "--"]
-    assert argv[4:7] == ["nice", "-n", "5"]
-    assert render.launch_argv(_load("default").agent("market-data"))[4:7] == ["prlimit", "--nofile=1024:1024", "--"]
+def test_resources_and_the_environment_reach_the_launcher_in_its_launch_file_and_live_controls_beside_it():
+    rendering = render.render(_load("default"))
+    portfolio = rendering.launches["portfolio-tracker"]
+    assert json.loads(portfolio.controls) == {"nice": 5}   # live: not in the launch file, so a change is no restart
+    assert "nice" not in json.loads(portfolio.content)
+    market = json.loads(rendering.launches["market-data"].content)
+    assert market["open_files"] == 1024 and market["umask"] == "022"
+    assert rendering.program("market-data").count(rendering.launches["market-data"].path) == 1
 
 
 def test_written_files_land_atomically_and_nothing_temporary_is_left(tmp_path):

@@ -133,6 +133,8 @@ def test_a_tag_is_a_name_never_a_number():
 class _Rendering:
     def __init__(self, text: str) -> None:
         self.files = {"supervisord.conf": f"; {text}\n", "programs/feed.conf": f"[program:feed]\n; {text}\n"}
+        self.launch_files: dict[str, str] = {}
+        self.problems: list[str] = []
 
 
 def _record(history: History, manifests: ManifestSet, text: str, *, status: str = "applied") -> int:

@@ -17,6 +17,7 @@ from orchestrator.interfaces.cli import cli
 from orchestrator.interfaces.web import auth
 from orchestrator.interfaces.web.cards import EMERGENCY_WORD, color, confirmation
 from orchestrator.state import audit
+from tests.conftest import ROOT_USER
 
 TRADING = Graph.of_edges({"market-data": [], "strategy-engine": ["market-data"], "portfolio-tracker": ["market-data"],
                           "risk-manager": ["market-data", "portfolio-tracker"],
@@ -140,7 +141,7 @@ def test_web_settings_beyond_loopback_or_with_a_user_twice_are_errors_at_their_l
     found = [(d.location.line, d.key) for d in caught.value.errors]
     assert found == [(3, "web.listen"), (6, "web.users[1].name")]
     assert "web.allow_remote" in caught.value.errors[0].message
-    manifests = manifest_set({**agent, "orchestrator.yaml": "web:\n  listen: 0.0.0.0:9400\n  allow_remote: true\n"})
+    manifests = manifest_set({**agent, "orchestrator.yaml": "web:\n  listen: 0.0.0.0:9400\n  allow_remote: true\n" + ROOT_USER})
     assert [(w.severity, w.key) for w in _load(manifests).warnings] == [("warning", "web.listen")]
     manifests = manifest_set({**agent, "orchestrator.yaml": "web:\n  users: [{name: bob, role: admin}]\n"})
     with pytest.raises(ManifestError) as caught:

@@ -17,20 +17,25 @@ from orchestrator.operations import drift, status
 from orchestrator.operations.reach import require_running, socket_of
 from orchestrator.state import alerts as alert_history, runtime, samples
 from orchestrator.state.history import History
+from orchestrator.supervisord import launching
 from orchestrator.supervisord.client import Client
 
 
 @click.command("status")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: an array, one object per process: name, agent, state, pid, uptime_seconds, restarts, "
-                   "cpu_percent, memory_rss_bytes, health, ready, score (0-100), penalties (cause, points, detail) "
-                   "and drift (what was changed outside orchestrator about the agent).")
+                   "cpu_percent, memory_rss_bytes, health, ready, score (0-100), penalties (cause, points, detail), "
+                   "drift (what was changed outside orchestrator about the agent) and, for a running process, controls: "
+                   "what is in force on it, read back from the kernel (nice, cpu_affinity, open_files, process_limit, "
+                   "core_dumps, oom_score_adj, user, group, own_network, own_mounts, its cgroup's limits and use, and "
+                   "the controls this host cannot enforce, with why).")
 @click.argument("names", nargs=-1)
 @click.pass_obj
 def status_command(options: Options, output: str, names: tuple[str, ...]) -> None:
     """Show each agent's state, PID, uptime, restarts, CPU, memory, readiness and health score.
 
-    With agent NAMEs, also every point each score lost, and why.
+    With agent NAMEs, also every point each score lost, and why, and the
+    controls in force on each process, read back from the kernel.
 
     What was changed outside orchestrator since the last apply (drift: an
     edited rendered file, a program added, removed, stopped or started with
@@ -52,7 +57,8 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
         opened[alert.agent] = (*opened.get(alert.agent, ()), alert.level)
     processes = client.processes()   # once, for the rows and for drift: at 500 agents each list costs supervisord
     rows = status.collect(client, agents, list(names) or None, histories=live.agents, alerts=opened,
-                          sampled=samples.read(state_dir, time.time()), processes=processes)
+                          sampled=samples.read(state_dir, time.time()), processes=processes,
+                          scope=launching.scope(state_dir) if names or output == "json" else None)
     found = drift.detect(state_dir, current, client, groups=Observed.of(processes).groups, live=live)
     rows = [replace(r, drift=tuple(d.line() for d in found if d.agent == r.agent)) for r in rows]
     if found:  # on stderr, so the table and the JSON array stay what scripts read
@@ -76,6 +82,8 @@ def status_command(options: Options, output: str, names: tuple[str, ...]) -> Non
         for shown in rows if names else []:  # `status NAME`: every point its score lost
             for penalty in shown.penalties:
                 click.echo(f"  {shown.name}: -{penalty['points']} {penalty['cause']}: {penalty['detail']}")
+            for line in status.describe_controls(shown.controls) if shown.controls else ():
+                click.echo(f"  {shown.name}: {line}")
     desired = {n: a for n, a in agents.items() if not names or n in names}
     sys.exit(0 if status.healthy(rows, desired) else 3)
 

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
@@ -61,7 +61,8 @@ from orchestrator.core.policies import RESTART_REASONS, AgentHistory
 from orchestrator.core.processes import RUNNING, STARTING, STOPPING, ProcessInfo
 from orchestrator.daemons.notify import Notifications
 from orchestrator.daemons.thresholds import Assessment, Observed, Thresholds
-from orchestrator.host import probes, sampling
+from orchestrator.host import cgroups, probes, sampling
+from orchestrator.supervisord import launching
 from orchestrator.supervisord.reports import report_limit
 from orchestrator.state import runtime, samples
 from orchestrator.state.history import History, Version
@@ -90,6 +91,7 @@ class ProcessSample(NamedTuple):   # tuples: 500 agents make a thousand of these
     uptime: float
     figures: sampling.Figures | None   # None: not running, or gone while sampled
     cpu_ratio: float | None             # cores used since the previous sample of the same pid
+    cgroup: cgroups.Readback | None = None   # its cgroup's limits and use (None: not in one of ours)
 
 
 class AgentSample(NamedTuple):
@@ -159,6 +161,9 @@ class Sampler:
         self._previous: dict[tuple[str, str], tuple[int, float, float]] = {}   # key -> (pid, cpu seconds, when)
         self._limits: dict[int, tuple[int, int | None]] = {}
         self._passes = 0
+        self._layout: cgroups.Layout | None = None   # found at the first sample
+        self._scope = launching.scope(state_dir)
+        self._cgroups: dict[tuple[str, str], tuple[int, cgroups.Readback | None]] = {}   # (agent, process) -> pid, figures
         self._started: dict[str, float] = {}
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=PROBE_WORKERS, thread_name_prefix="readiness")
@@ -273,6 +278,7 @@ class Sampler:
             own = sampling.sample({0: supervisord_pid}, tree=False).trees.get(0)
         now = self.clock()
         processes = [self._process(p, found.trees.get((p.group, p.name)), now) for p in infos]
+        processes = self._with_cgroups(processes, refresh=self._passes % LIMITS_REFRESH == 1)
         by_group: dict[str, list[ProcessInfo]] = {}
         for p in infos:
             by_group.setdefault(p.group, []).append(p)
@@ -298,6 +304,35 @@ class Sampler:
         return Snapshot(assessment=assessment, taken=time.time(), processes=tuple(processes), agents=agents, supervisord_up=up,
                         supervisord=own, version=version.number if version else None,
                         applied=version.created if version else None, version_status=version.status if version else "")
+
+    def _with_cgroups(self, processes: list[ProcessSample], *, refresh: bool) -> list[ProcessSample]:
+        """Each running process with its cgroup's figures: the limits and counts read in full every
+        LIMITS_REFRESH samples (or for a new pid), its memory every sample (one file)."""
+        if self._layout is None:
+            self._layout = cgroups.detect()
+        layout, scope, kept = self._layout, self._scope, self._cgroups
+        out = []
+        for p in processes:
+            if p.figures is None:
+                out.append(p)
+                continue
+            key = (p.agent, p.process)
+            before = kept.get(key)
+            try:
+                if before is None or refresh or before[0] != p.pid:
+                    back = cgroups.read(layout, scope, p.agent, p.process)
+                elif before[1] is None:
+                    back = None
+                else:
+                    back = replace(before[1], memory_current=cgroups.memory_current(layout, scope, p.agent, p.process))
+            except (cgroups.CgroupError, OSError, ValueError):
+                back = None
+            kept[key] = (p.pid, back)
+            out.append(p._replace(cgroup=back) if back is not None else p)
+        if len(kept) > len(processes):
+            live = {(p.agent, p.process) for p in processes}
+            self._cgroups = {k: v for k, v in kept.items() if k in live}
+        return out
 
     def _configure(self, version: Version | None) -> None:
         """The live version's setting the thresholds need: the forecast horizon (its notification targets are
@@ -497,6 +532,23 @@ _FIGURES: tuple[tuple[str, Callable[[str, str], Rows], str, Callable[[ProcessSam
     ("threads", gauge, "threads of the tree", lambda p, f: f.threads),
     ("context_switches", counter, "context switches of the main thread of each process of the tree",
      lambda p, f: f.context_switches),
+    ("nice", gauge, "niceness of the process (its main thread), read from the kernel", lambda p, f: f.nice),
+    # its cgroup (host.cgroups), where the launcher could make one: the kernel's own accounting of the whole
+    # tree, each page once (page cache included), and the limits in force, read back
+    ("cgroup_memory_bytes", gauge, "memory the process's cgroup uses: its whole tree, each page counted once",
+     lambda p, f: p.cgroup.memory_current if p.cgroup else None),
+    ("cgroup_processes", gauge, "processes and threads in the process's cgroup",
+     lambda p, f: p.cgroup.pids_current if p.cgroup else None),
+    ("cgroup_memory_max_bytes", gauge, "memory limit the kernel enforces on the cgroup (resources.memory_max)",
+     lambda p, f: p.cgroup.memory_max if p.cgroup else None),
+    ("cgroup_memory_high_bytes", gauge, "memory above which the kernel throttles the cgroup (resources.memory_high)",
+     lambda p, f: p.cgroup.memory_high if p.cgroup else None),
+    ("cgroup_cpu_max_cores", gauge, "CPU quota of the cgroup in cores (resources.cpu_max)",
+     lambda p, f: p.cgroup.cpu_max if p.cgroup else None),
+    ("cgroup_max_processes", gauge, "limit on processes and threads in the cgroup (resources.max_processes)",
+     lambda p, f: p.cgroup.max_processes if p.cgroup else None),
+    ("cgroup_oom_kills", gauge, "processes the kernel killed for memory in the cgroup during this run",
+     lambda p, f: p.cgroup.oom_kills if p.cgroup else None),
 )
 
 

@@ -708,6 +708,22 @@ def read(layout: Layout, scope: str, agent: str, process: str) -> Readback | Non
                     oom_kills=_int(values, "oom_kills"), sources=sources)
 
 
+def memory_current(layout: Layout, scope: str, agent: str, process: str) -> int | None:
+    """The memory one process's cgroup uses now (its whole tree, each page once), from one file: what the
+    exporter reads every sample, between two full `read`s. None without a memory controller or cgroup."""
+    rel = path_of(scope, agent, process)
+    files = [layout.v2.dir(f"{rel}/memory.current")] if layout.v2 is not None else []
+    memory = layout.v1_for("memory")
+    if memory is not None:
+        files.append(memory.dir(f"{rel}/memory.usage_in_bytes"))
+    for path in files:
+        try:
+            return int(_read(path))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _int(values: dict[str, int | float | None], key: str) -> int | None:
     value = values.get(key)
     return None if value is None else int(value)

@@ -114,9 +114,10 @@ def _identity(pid: int) -> dict[str, Any]:
 
 
 def _own_namespace(pid: int, kind: str) -> bool | None:
-    """Whether the process has a namespace of `kind` other than init's (None: not readable)."""
+    """Whether the process has a namespace of `kind` other than the reader's (status and the exporter run in the
+    host's; init's may not be readable, in a container); None: not readable."""
     try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/1/ns/{kind}")
+        return os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")
     except OSError:
         return None
 

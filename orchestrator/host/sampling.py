@@ -65,6 +65,7 @@ class Figures:
     tcp: dict[str, int] = field(default_factory=dict)
     listening_ports: set[int] = field(default_factory=set)
     socket_inodes: list[int] = field(default_factory=list, repr=False)   # its sockets, until the pass knows their states
+    nice: int | None = None   # the root process's niceness (its main thread's)
 
 
 @dataclass
@@ -83,13 +84,14 @@ class _Stat(NamedTuple):
     threads: int
     vms: int
     rss: int
+    nice: int
 
 
 def _parse_stat(data: bytes) -> _Stat:
     rest = data[data.rindex(b")") + 2:].split()  # the command name may hold spaces and parentheses
     ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])  # utime stime cutime cstime
     return _Stat(ppid=int(rest[1]), start=int(rest[19]), cpu=ticks / _TICKS, threads=int(rest[17]), vms=int(rest[20]),
-                 rss=int(rest[21]) * _PAGE)
+                 rss=int(rest[21]) * _PAGE, nice=int(rest[16]))
 
 
 _CHUNK = 8192   # every file the pass reads per process (stat, schedstat, io, limits) is well under this
@@ -290,6 +292,8 @@ def _add(figures: Figures, pid: int, stat_text: bytes | None, *, pss: bool, root
         rollup = _read(f"{base}/smaps_rollup")  # kB
         rollup_pss = _field(rollup, b"\nPss:")
         private = _field(rollup, b"\nPrivate_Clean:") + _field(rollup, b"\nPrivate_Dirty:")
+    if root:
+        figures.nice = stat.nice
     figures.processes += 1
     figures.cpu_seconds += stat.cpu
     figures.threads += stat.threads

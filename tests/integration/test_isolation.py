@@ -335,3 +335,61 @@ sandbox: {private_tmp: true}
     assert private.is_dir() and private.stat().st_uid == int(uid) and stat.S_IMODE(private.stat().st_mode) == 0o700
     assert project.run("stop", "sleeper", "--yes").returncode == 0
     assert not private.exists(), "the private temporary directory outlived the agent"
+
+
+# tries to write into argv[2] and to reach 127.0.0.1:argv[3], writes what happened to argv[1], then sleeps
+PROBER = """
+import json, os, socket, sys, time
+found = {}
+try:
+    open(os.path.join(sys.argv[2], "written"), "w").write("x")
+    found["write"] = "ok"
+except OSError as exc:
+    found["write"] = exc.strerror
+try:
+    socket.create_connection(("127.0.0.1", int(sys.argv[3])), timeout=2).close()
+    found["connect"] = "ok"
+except OSError as exc:
+    found["connect"] = exc.strerror or str(exc)
+found["tmpdir"] = os.environ.get("TMPDIR")
+tmp = sys.argv[1] + ".tmp"
+open(tmp, "w").write(json.dumps(found))
+os.replace(tmp, sys.argv[1])
+time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces of an agent's own need a root supervisord")
+def test_read_only_paths_and_no_network_hold_for_the_agent_and_not_for_its_neighbour(project: Project, tmp_path: Path):
+    import socket as sockets
+    guarded = tmp_path / "guarded"
+    guarded.mkdir()
+    listener = sockets.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        for name, sandbox in (("boxed", f"{{read_only_paths: [{json.dumps(str(guarded))}], no_network: true, private_tmp: true}}"),
+                              ("free", "{}")):
+            out = tmp_path / f"{name}.json"
+            project.write(f"agents/{name}.yaml", f"""
+name: {name}
+command: [{json.dumps(sys.executable)}, "-c", {json.dumps(PROBER)}, {json.dumps(str(out))}, {json.dumps(str(guarded))}, "{port}"]
+min_uptime: 0s
+stop_timeout: 3s
+sandbox: {sandbox}
+""")
+        done = project.run("up", "--yes", timeout=180)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for name in ("boxed", "free"):
+            wait_until((tmp_path / f"{name}.json").exists, 30, message=f"{name} did not report")
+        boxed = json.loads((tmp_path / "boxed.json").read_text())
+        free = json.loads((tmp_path / "free.json").read_text())
+        assert boxed["write"] == "Read-only file system" and boxed["connect"] != "ok"
+        assert boxed["tmpdir"] == str(project.state / "tmp" / "boxed" / "boxed")
+        assert free["connect"] == "ok" and free["tmpdir"] is None
+        row = _controls(project, "boxed")["controls"]
+        assert row["own_network"] is True and row["own_mounts"] is True
+        assert _controls(project, "free")["controls"]["own_network"] is False
+    finally:
+        listener.close()

@@ -509,6 +509,11 @@ class Exporter(Collector):
         yield from _global_families(snap, counters)
 
 
+def _of_cgroup(name: str) -> Callable[[ProcessSample, sampling.Figures], float | None]:
+    """A figure of the process's cgroup (None: not in one)."""
+    return lambda p, f: getattr(p.cgroup, name) if p.cgroup is not None else None
+
+
 # the families of every process that are one figure of its tree each: (name, kind, help, the figure, or None
 # when the family has no row for the process)
 _FIGURES: tuple[tuple[str, Callable[[str, str], Rows], str, Callable[[ProcessSample, sampling.Figures], float | None]], ...] = (
@@ -536,19 +541,19 @@ _FIGURES: tuple[tuple[str, Callable[[str, str], Rows], str, Callable[[ProcessSam
     # its cgroup (host.cgroups), where the launcher could make one: the kernel's own accounting of the whole
     # tree, each page once (page cache included), and the limits in force, read back
     ("cgroup_memory_bytes", gauge, "memory the process's cgroup uses: its whole tree, each page counted once",
-     lambda p, f: p.cgroup.memory_current if p.cgroup else None),
+     _of_cgroup("memory_current")),
     ("cgroup_processes", gauge, "processes and threads in the process's cgroup",
-     lambda p, f: p.cgroup.pids_current if p.cgroup else None),
+     _of_cgroup("pids_current")),
     ("cgroup_memory_max_bytes", gauge, "memory limit the kernel enforces on the cgroup (resources.memory_max)",
-     lambda p, f: p.cgroup.memory_max if p.cgroup else None),
+     _of_cgroup("memory_max")),
     ("cgroup_memory_high_bytes", gauge, "memory above which the kernel throttles the cgroup (resources.memory_high)",
-     lambda p, f: p.cgroup.memory_high if p.cgroup else None),
+     _of_cgroup("memory_high")),
     ("cgroup_cpu_max_cores", gauge, "CPU quota of the cgroup in cores (resources.cpu_max)",
-     lambda p, f: p.cgroup.cpu_max if p.cgroup else None),
+     _of_cgroup("cpu_max")),
     ("cgroup_max_processes", gauge, "limit on processes and threads in the cgroup (resources.max_processes)",
-     lambda p, f: p.cgroup.max_processes if p.cgroup else None),
+     _of_cgroup("max_processes")),
     ("cgroup_oom_kills", gauge, "processes the kernel killed for memory in the cgroup during this run",
-     lambda p, f: p.cgroup.oom_kills if p.cgroup else None),
+     _of_cgroup("oom_kills")),
 )
 
 

@@ -283,7 +283,8 @@ class Keeper:
         """Stop `names` (dependents first) on a thread of its own, then call `then` there: the caller never waits."""
         def run() -> None:
             try:
-                self._guarded(stop_in_order, self.client, names, depends_on)
+                # whole: its process group, what its tree left, and what is still in its cgroups
+                self._guarded(functools.partial(stop_in_order, state_dir=self.state_dir), self.client, names, depends_on)
                 self._guarded(then)
             finally:
                 with self._own_lock:

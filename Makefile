@@ -1,12 +1,13 @@
 # `make demo` and `make test` work on a fresh machine: they create .venv and
-# install the project into it. The rest comes with Debian: supervisord's
-# agents are wrapped in util-linux's setpriv, taskset and prlimit.
+# install the project into it. The rest comes with Debian (or is installed from
+# it when missing, as root): Prometheus and promtool, Chromium for the browser
+# tests.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-down test test-fast test-contended bench lint clean debian-tools debian-bench-tools
+.PHONY: demo demo-down test test-fast test-contended bench lint clean debian-tools debian-bench-tools bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Every agent starts through the launcher (python -m orchestrator.launch), and the daemons run for as long as
+# supervisord does: their modules are compiled once here, not at each start (and not in each daemon's memory),
+# even where PYTHONDONTWRITEBYTECODE is set.
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q orchestrator
+
+demo: $(STAMP) bytecode
 	$(BIN)/orchestrator -m manifests validate
 	$(BIN)/orchestrator -m manifests graph
 	$(BIN)/orchestrator -m manifests up
@@ -28,7 +35,7 @@ demo: $(STAMP)
 demo-down: $(STAMP)
 	$(BIN)/orchestrator -m manifests down --yes
 
-test: $(STAMP) debian-tools
+test: $(STAMP) bytecode debian-tools
 	$(BIN)/pytest -q
 
 # The integration tests scrape the exporter with a real Prometheus, and promtool checks what we generate for it:
@@ -49,11 +56,11 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -x tests/unit
 
 # The integration tests while both cores are kept busy by CPU burners (started and stopped by tests/contend.py).
-test-contended: $(STAMP) debian-tools
+test-contended: $(STAMP) bytecode debian-tools
 	$(BIN)/python tests/contend.py -- $(BIN)/pytest -q tests/integration
 
 # Every benchmark runs to the end; those that missed their goal (or failed) are named last, and the exit is 1.
-bench: $(STAMP) debian-bench-tools
+bench: $(STAMP) bytecode debian-bench-tools
 	@missed=""; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || missed="$$missed $$b"; done; \
 	if [ -n "$$missed" ]; then echo "missed their goal or failed:$$missed"; exit 1; fi
 

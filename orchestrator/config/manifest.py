@@ -194,7 +194,7 @@ class _Loader:
                 self.error(node.where, f"agents.{name}", f"the overlay names an unknown agent ({hint})")
         unreadable = frozenset(os.path.splitext(os.path.basename(p))[0] for p in paths if self.files.get(p) is None)
         context = Context(project_dir=self.project_dir, environ=self.environ, check_commands=self.options.check_commands,
-                          unreadable=unreadable, settings=settings)
+                          unreadable=unreadable, settings=settings, manifests_dir=self.root)
         if self.options.cpu_count is not None:
             context.cpu_count = self.options.cpu_count
         self.checker.diagnostics.extend(validate_agents(drafts, context))

@@ -71,6 +71,7 @@ class Context:
     # them is not an "unknown agent" error, the file's own error says enough.
     unreadable: frozenset[str] = frozenset()
     settings: model.Settings = field(default_factory=lambda: model.Settings())
+    manifests_dir: str = ""   # where the set was read: its agents/, templates/ and env/ are copied into every version
     # whether supervisord (started by this user) runs as root: then an agent without a user runs as root
     as_root: bool = field(default_factory=lambda: os.geteuid() == 0)
 
@@ -346,6 +347,12 @@ def env_file_is_private(draft: Draft, ctx: Context) -> Iterator[Diagnostic]:
     if not value or node is None:
         return
     path = os.path.join(ctx.project_dir, value)
+    if ctx.manifests_dir:
+        inside = os.path.relpath(os.path.realpath(path), os.path.realpath(ctx.manifests_dir)).split(os.sep)[0]
+        if inside in ("agents", "templates", "env"):
+            yield _error(node.loc, "env_file", f"{path} is inside manifests/{inside}/, which every version and backup "
+                         "copies: its secrets would be kept there (expected a file outside agents/, templates/ and env/)")
+            return
     try:
         info = os.stat(path)
     except OSError as exc:

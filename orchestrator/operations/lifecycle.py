@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 
 
 from orchestrator.core.events import Emit, Note, ignore
-from orchestrator.host import orphans, processes
+from orchestrator.host import cgroups, orphans, processes
 from orchestrator.state import runtime
 from orchestrator.core.names import LISTENER, LOGS_DIR, is_internal
-from orchestrator.supervisord import render
+from orchestrator.supervisord import launching, render
 from orchestrator.core.plan import Plan
 from orchestrator.operations.apply import ApplyReport, Confirm, converge, mark_stopping
 from orchestrator.operations.stopping import stop_in_order
@@ -159,6 +159,8 @@ def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:
         if ended:
             emit(Note(f"ended {len(ended)} process(es) that outlived supervisord"))
         _left_behind(state_dir)
+        with contextlib.suppress(cgroups.CgroupError, OSError):   # the agents' cgroups, empty now: none left behind
+            cgroups.remove(cgroups.detect(), launching.scope(state_dir))
         return names
 
 

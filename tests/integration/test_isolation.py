@@ -310,6 +310,10 @@ def test_a_setsid_grandchild_that_ignores_sigterm_is_left_behind_by_no_stop(proj
     done = project.run(*args, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _marked(mark) == [], f"{how} left the grandchild running"
+    if how == "down":   # and the agents' cgroups are gone with supervisord
+        from orchestrator.host import cgroups
+        from orchestrator.supervisord import launching
+        assert cgroups.agents(cgroups.detect(), launching.scope(str(project.state))) == set()
 
 
 def test_default_user_runs_agents_as_that_user_in_proc(project: Project, tmp_path: Path):

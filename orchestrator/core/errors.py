@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Literal
 from collections.abc import Collection, Iterable
 
+# the root, in a module of its own for the launcher (see core.failure); re-exported: everyone imports it from here
+from orchestrator.core.failure import OrchestratorError as OrchestratorError
+
 Severity = Literal["error", "warning"]
 
 
@@ -92,10 +95,6 @@ def sorted_diagnostics(items: Iterable[Diagnostic]) -> list[Diagnostic]:
     return sorted(set(items), key=Diagnostic.sort_key)
 
 
-class OrchestratorError(Exception):
-    """Root of every error orchestrator raises on purpose."""
-
-    exit_code = 1
 
 
 class ManifestError(OrchestratorError):

@@ -45,7 +45,7 @@ from orchestrator.core.processes import DOWN_STATES, ProcessInfo
 from orchestrator.core.model import Agent, ManifestSet, kept_settings, to_plain
 
 # an agent's launch file's digest (supervisord.launching), and the section's own hash, which changes with it
-_LAUNCH_FILE = re.compile(r"-[0-9a-f]{16}\.json|" + CONFIG_MARKER + r"=[\"']?[0-9a-f]{16}")
+_LAUNCH_FILE = re.compile(r"-[0-9a-f]{16}\.launch|" + CONFIG_MARKER + r"=[\"']?[0-9a-f]{16}")
 Kind = Literal["add", "remove", "replace", "update", "start", "unchanged"]
 KINDS: tuple[Kind, ...] = ("remove", "replace", "add", "update", "start", "unchanged")
 CHANGES = frozenset({"add", "remove", "replace", "update"})  # these record a new version

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector
@@ -324,7 +324,7 @@ class Sampler:
                 elif before[1] is None:
                     back = None
                 else:
-                    back = replace(before[1], memory_current=cgroups.memory_current(layout, scope, p.agent, p.process))
+                    back = before[1].replace(memory_current=cgroups.memory_current(layout, scope, p.agent, p.process))
             except (cgroups.CgroupError, OSError, ValueError):
                 back = None
             kept[key] = (p.pid, back)

@@ -54,16 +54,15 @@ to make room; run supervisord in a leaf of its own delegated subtree instead.
 from __future__ import annotations
 
 import errno
-import contextlib
 import os
-import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
-from typing import Any
+from orchestrator.core.failure import OrchestratorError
 
-from orchestrator.core.errors import OrchestratorError
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # the launcher imports this module at every agent start: typing, dataclasses and contextlib are
+    # not loaded for it (together they tripled its start-up)
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any
 
 SCOPE_PREFIX = "orchestrator"
 CONTROLS = ("memory_max", "memory_high", "cpu_max", "max_processes", "tracking")
@@ -91,16 +90,36 @@ class CgroupError(OrchestratorError):
         self.errno = code
 
 
-@dataclass(frozen=True)
-class Limits:
+class _Plain:
+    """A value of named fields (what a frozen dataclass gives, without importing dataclasses): compared, hashed and
+    shown by its fields, changed by `replace`."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(repr(getattr(self, f)) for f in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self.__slots__)})"
+
+    def replace(self, **changes: Any) -> Any:
+        return type(self)(**{**{f: getattr(self, f) for f in self.__slots__}, **changes})
+
+
+class Limits(_Plain):
     """What the kernel enforces on one process's cgroup; None is no limit."""
 
-    memory_max: int | None = None     # bytes: the hard limit (memory plus swap)
-    memory_high: int | None = None    # bytes: above it the kernel throttles and reclaims (v2 only)
-    cpu_max: float | None = None      # cores: 0.5 is half a core
-    max_processes: int | None = None  # tasks (processes and threads)
+    __slots__ = ("memory_max", "memory_high", "cpu_max", "max_processes")
 
-    def __post_init__(self) -> None:
+    def __init__(self, memory_max: int | None = None, memory_high: int | None = None, cpu_max: float | None = None,
+                 max_processes: int | None = None) -> None:
+        self.memory_max = memory_max          # bytes: the hard limit (memory plus swap)
+        self.memory_high = memory_high        # bytes: above it the kernel throttles and reclaims (v2 only)
+        self.cpu_max = cpu_max                # cores: 0.5 is half a core
+        self.max_processes = max_processes    # tasks (processes and threads)
         for name in ("memory_max", "memory_high", "max_processes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -109,55 +128,67 @@ class Limits:
             raise CgroupError(f"cpu_max must be a positive number of cores, not {self.cpu_max!r}")
 
 
-@dataclass(frozen=True)
-class Hierarchy:
+class Hierarchy(_Plain):
     """One mounted hierarchy and the caller's base cgroup in it."""
 
-    name: str                     # "v2", or a v1 hierarchy's controllers as mounted ("memory", "cpu,cpuacct")
-    mount: str
-    base: str                     # the base cgroup, "/" or "/a/b", relative to the mount
-    controllers: frozenset[str]   # v1: bound to this hierarchy; v2: those the base offers (its cgroup.controllers)
-    writable: bool
+    __slots__ = ("name", "mount", "base", "controllers", "writable")
+
+    def __init__(self, name: str, mount: str, base: str, controllers: frozenset[str], writable: bool) -> None:
+        self.name = name                  # "v2", or a v1 hierarchy's controllers as mounted ("memory", "cpu,cpuacct")
+        self.mount = mount
+        self.base = base                  # the base cgroup, "/" or "/a/b", relative to the mount
+        self.controllers = controllers    # v1: bound to this hierarchy; v2: those the base offers (cgroup.controllers)
+        self.writable = writable
 
     def dir(self, rel: str = "") -> str:
         return os.path.join(self.mount, self.base.strip("/"), rel).rstrip("/")
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(_Plain):
     """What this host offers, found once: the v2 hierarchy (its mount, whether each controller can be used),
     the v1 hierarchies by controller (mount points), and the base cgroup under which ours are made in each."""
 
-    v2: Hierarchy | None = None
-    v1: tuple[Hierarchy, ...] = ()
-    v2_enabled: frozenset[str] = frozenset()  # controllers the v2 base already enables for its children
-    v2_busy: bool = False                     # the v2 base holds processes and is not the root (see the docstring)
+    __slots__ = ("v2", "v1", "v2_enabled", "v2_busy")
+
+    def __init__(self, v2: Hierarchy | None = None, v1: tuple[Hierarchy, ...] = (),
+                 v2_enabled: frozenset[str] = frozenset(), v2_busy: bool = False) -> None:
+        self.v2 = v2
+        self.v1 = v1
+        self.v2_enabled = v2_enabled    # controllers the v2 base already enables for its children
+        self.v2_busy = v2_busy          # the v2 base holds processes and is not the root (see the docstring)
 
     def v1_for(self, controller: str) -> Hierarchy | None:
         return next((h for h in self.v1 if controller in h.controllers), None)
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(_Plain):
     """Where a process was placed: each hierarchy's cgroup directory, and which controls are in force."""
 
-    paths: dict[str, str]
-    active: dict[str, bool]
-    reasons: dict[str, str] = field(default_factory=dict)   # why each inactive control is
+    __slots__ = ("paths", "active", "reasons")
+
+    def __init__(self, paths: dict[str, str], active: dict[str, bool], reasons: dict[str, str] | None = None) -> None:
+        self.paths = paths
+        self.active = active
+        self.reasons = reasons if reasons is not None else {}   # why each inactive control is
 
 
-@dataclass(frozen=True)
-class Readback:
+class Readback(_Plain):
     """What the kernel enforces and counts for one process's cgroup; None is unlimited, or not known here."""
 
-    memory_max: int | None
-    memory_high: int | None
-    cpu_max: float | None
-    max_processes: int | None
-    memory_current: int | None
-    pids_current: int | None
-    oom_kills: int | None
-    sources: dict[str, str]   # field -> the hierarchy it was read from
+    __slots__ = ("memory_max", "memory_high", "cpu_max", "max_processes", "memory_current", "pids_current",
+                 "oom_kills", "sources")
+
+    def __init__(self, memory_max: int | None, memory_high: int | None, cpu_max: float | None,
+                 max_processes: int | None, memory_current: int | None, pids_current: int | None,
+                 oom_kills: int | None, sources: dict[str, str]) -> None:
+        self.memory_max = memory_max
+        self.memory_high = memory_high
+        self.cpu_max = cpu_max
+        self.max_processes = max_processes
+        self.memory_current = memory_current
+        self.pids_current = pids_current
+        self.oom_kills = oom_kills
+        self.sources = sources   # field -> the hierarchy it was read from
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -312,10 +343,12 @@ def _optional(path: str) -> str:
 
 # -- which hierarchy serves what --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Route:
-    hierarchy: Hierarchy | None
-    reason: str | None = None
+class _Route(_Plain):
+    __slots__ = ("hierarchy", "reason")
+
+    def __init__(self, hierarchy: Hierarchy | None, reason: str | None = None) -> None:
+        self.hierarchy = hierarchy
+        self.reason = reason
 
 
 def _unwritable(h: Hierarchy) -> str:
@@ -478,8 +511,10 @@ def place(layout: Layout, scope: str, agent: str, process: str, limits: Limits, 
     if left:   # a previous run's: its leftovers killed, then made anew, so its counts (OOM kills) are this run's
         _empty(left, spare={pid, os.getpid()}, timeout=_LEFTOVER_TIMEOUT)
         for directory in left.values():
-            with contextlib.suppress(OSError):   # still busy: reused as it is
+            try:  # noqa: SIM105 - contextlib is not loaded for the launcher
                 os.rmdir(directory)
+            except OSError:   # still busy: reused as it is
+                pass
     reused = any(os.path.isdir(h.dir(rel)) for h in used.values())
     paths = {name: _make(h, rel) for name, h in used.items()}
     refused = _enable_v2(layout.v2, rel, routes) if layout.v2 is not None else {}
@@ -636,33 +671,36 @@ def _kill_round(paths: dict[str, str], spare: set[int]) -> None:
         _write(os.path.join(v2, "cgroup.kill"), "1")   # the kernel kills the whole tree, forks racing it included
     freezer = next((d for name, d in paths.items() if "freezer" in name.split(",")), None)
     if freezer and not _members(freezer) & (spare | done):   # never freeze the caller, nor a process being placed
-        with _frozen(freezer):   # frozen, a fork bomb cannot fork faster than it is killed
+        _freeze(freezer)   # frozen, a fork bomb cannot fork faster than it is killed
+        try:
             done |= _members(freezer)
             _signal(done, freezer)
+        finally:
+            _write(os.path.join(freezer, "freezer.state"), "THAWED")   # the SIGKILLs take effect once thawed
     for directory in paths.values():
         _signal(_members(directory) - spare - done, directory)
 
 
-@contextmanager
-def _frozen(directory: str) -> Iterator[None]:
-    """A v1 freezer cgroup (tree) frozen for the duration: its members can neither fork nor exit meanwhile."""
+def _freeze(directory: str) -> None:
+    """Freeze a v1 freezer cgroup (tree): its members can neither fork nor exit until it is thawed (the caller
+    thaws it, whatever happens)."""
     state = os.path.join(directory, "freezer.state")
     _write(state, "FROZEN")
-    try:
-        deadline = time.monotonic() + _FREEZE_WAIT
-        while _optional(state).strip() != "FROZEN" and time.monotonic() < deadline:
-            time.sleep(_POLL)
-        yield
-    finally:
-        _write(state, "THAWED")   # the SIGKILLs take effect once thawed
+    deadline = time.monotonic() + _FREEZE_WAIT
+    while _optional(state).strip() != "FROZEN" and time.monotonic() < deadline:
+        time.sleep(_POLL)
 
 
 _FDS_AT_ONCE = 256   # pidfds held at once, well under the usual limit of 1,024 open files
 
 
+_SIGKILL = 9   # the number itself: the signal module (and enum with it) is loaded only to kill
+
+
 def _signal(pids: set[int], directory: str) -> None:
     """SIGKILL those of `pids` that are still members of the cgroup tree at `directory`. Each process is pinned
     with a pidfd and membership is checked after, so a pid reused meanwhile by another process is never hit."""
+    import signal   # noqa: PLC0415 - see _SIGKILL
     ordered = sorted(pids)
     for start in range(0, len(ordered), _FDS_AT_ONCE):
         pinned: dict[int, int | None] = {}
@@ -676,8 +714,10 @@ def _signal(pids: set[int], directory: str) -> None:
             members = _members(directory)
             for pid, fd in pinned.items():
                 if pid in members:
-                    with suppress(OSError):   # ended meanwhile
-                        os.kill(pid, signal.SIGKILL) if fd is None else signal.pidfd_send_signal(fd, signal.SIGKILL)
+                    try:  # noqa: SIM105 - contextlib is not loaded for the launcher
+                        os.kill(pid, _SIGKILL) if fd is None else signal.pidfd_send_signal(fd, _SIGKILL)
+                    except OSError:   # ended meanwhile
+                        pass
         finally:
             for fd in pinned.values():
                 if fd is not None:

@@ -18,14 +18,16 @@ an agent whose live controls changed; status and the exporter call `read`.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
 import pwd
-from collections.abc import Iterable, Mapping
-from typing import Any
 
 from orchestrator.host import cgroups
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # the launcher imports this module at every agent start (see host.cgroups)
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 _LIMITS = {"Max open files": "open_files", "Max core file size": "core_dumps", "Max processes": "process_limit"}
 
@@ -96,6 +98,7 @@ def _proc_limits(pid: int) -> dict[str, Any]:
 
 
 def _identity(pid: int) -> dict[str, Any]:
+    import contextlib   # noqa: PLC0415 - the reading side only: not loaded by the launcher
     uid = gid = None
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as handle:
         for line in handle:
@@ -126,6 +129,7 @@ def read(pid: int, *, scope: str | None = None, agent: str | None = None, proces
          layout: cgroups.Layout | None = None) -> dict[str, Any]:
     """What is in force on process `pid` (and its cgroup, given `scope`, `agent` and `process`), from the kernel.
     Empty when the process is gone."""
+    import contextlib   # noqa: PLC0415 - the reading side only: not loaded by the launcher
     if not os.path.exists(f"/proc/{pid}"):
         return {}
     found: dict[str, Any] = {}

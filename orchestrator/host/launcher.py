@@ -28,7 +28,7 @@ An environment value is never printed.
 The launch file is immutable (its name carries a digest of its content, so a
 changed one is a new file and a changed program section); the controls that
 change on a running agent (nice, affinity, cgroup limits: model.LIVE_RESOURCES)
-are in a second file beside it, `NAME.controls.json`, which apply rewrites
+are in a second file beside it, `NAME.controls`, which apply rewrites
 and applies to the running processes itself (operations.controls).
 
 Called by supervisord, through the stable entry point `orchestrator.launch`.
@@ -37,21 +37,22 @@ Standard library only (and host.cgroups): it runs at every start of every agent.
 
 from __future__ import annotations
 
-import ctypes
-import json
+import grp
+import marshal
 import os
 import pwd
-import grp
 import resource
-import shutil
-import signal
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
 
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.failure import OrchestratorError
 from orchestrator.host import cgroups
 from orchestrator.host.controls import limits_of, set_scheduling
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:   # at run time, only what a start needs is loaded: see `main`
+    import ctypes
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
 FAILED = 126          # exit status of a launch that could not be done (the shell's "cannot execute")
 _CLONE_NEWNS = 0x00020000
@@ -61,7 +62,6 @@ _MS_REMOUNT = 32
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
-_PR_SET_PDEATHSIG = 1
 
 
 class LaunchError(Exception):
@@ -69,19 +69,24 @@ class LaunchError(Exception):
 
 
 def _libc() -> ctypes.CDLL:
+    import ctypes   # noqa: PLC0415 - only a sandboxed agent needs it
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
-        err = ctypes.get_errno()
-        raise LaunchError(f"{what}: {os.strerror(err)}")
+        import ctypes   # noqa: PLC0415
+        raise LaunchError(f"{what}: {os.strerror(ctypes.get_errno())}")
+
+
+def _load(path: str) -> object:
+    with open(path, "rb") as handle:
+        return marshal.load(handle)   # supervisord.launching.encode
 
 
 def read(path: str) -> dict[str, Any]:
-    """The launch file at `path` (see state.launch for its fields)."""
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
+    """The launch file at `path` (supervisord.launching writes it)."""
+    data = _load(path)
     if not isinstance(data, dict) or not isinstance(data.get("argv"), list) or not data["argv"]:
         raise LaunchError(f"{path} is not a launch file")
     return data
@@ -92,8 +97,7 @@ def read_controls(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        data = _load(path)
     except FileNotFoundError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -142,6 +146,7 @@ def _namespaces(read_only: Sequence[str], no_network: bool) -> None:
 
 def _private_tmp(base: str, process: str, uid: int | None, gid: int | None) -> str:
     """A temporary directory of the process's own, emptied at every start (what a previous run left is gone)."""
+    import shutil   # noqa: PLC0415 - only an agent with a private /tmp needs it
     path = os.path.join(base, process)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, mode=0o700)
@@ -208,18 +213,20 @@ def launch(spec: Mapping[str, Any], *, environ: Mapping[str, str]) -> tuple[list
     env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})   # the manifest's, over all the rest
     _become(entry, gid)
     os.umask(int(str(spec.get("umask") or "022"), 8))
-    # a parent-death signal does not survive a change of user: set here, after it, so an agent of a
-    # supervisord killed with SIGKILL ends instead of holding its port beside a second copy
-    _check(_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0), "cannot set the parent-death signal")
-    if os.getppid() == 1:   # supervisord died between our start and the line above
+    if os.getppid() == 1:   # supervisord died while we started
         raise LaunchError("supervisord is gone")
-    return [str(a) for a in spec["argv"]], env
+    argv = [str(a) for a in spec["argv"]]
+    # a parent-death signal does not survive a change of user: set after it, by util-linux's setpriv, which then
+    # execs the agent in place, so an agent of a supervisord killed with SIGKILL ends instead of holding its port
+    # beside a second copy (setting it here would load ctypes at every start, for a third of the launcher's time)
+    wrapper = spec.get("pdeathsig")
+    return ([str(wrapper), "--pdeathsig", "TERM", "--", *argv] if wrapper else argv), env
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m orchestrator.launch LAUNCH_FILE\n")
+        sys.stderr.write("usage: python -I -S .../orchestrator/launch.py LAUNCH_FILE\n")
         sys.exit(2)
     name = os.path.basename(args[0])
     try:

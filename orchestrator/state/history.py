@@ -105,7 +105,7 @@ class RenderedFiles(Protocol):
     def files(self) -> Mapping[str, str]: ...
 
     @property
-    def launch_files(self) -> Mapping[str, str]: ...   # written into the state directory, never into the version
+    def launch_files(self) -> Mapping[str, bytes]: ...   # written into the state directory, never into the version
 
     @property
     def problems(self) -> list[str]: ...               # why its launch files cannot be written (unread secrets)

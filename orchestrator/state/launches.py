@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from orchestrator.core.names import LAUNCH_DIR
 from orchestrator.state.files import write_atomically
 
-_NAMED = re.compile(re.escape(LAUNCH_DIR) + r"/([A-Za-z0-9_.-]+-[0-9a-f]{16}\.json)")
+_NAMED = re.compile(re.escape(LAUNCH_DIR) + r"/([A-Za-z0-9_.-]+-[0-9a-f]{16}\.launch)")
 
 
 def named_in(texts: Iterable[str]) -> set[str]:
@@ -31,7 +31,7 @@ def named_in(texts: Iterable[str]) -> set[str]:
     return {match.group(1) for text in texts for match in _NAMED.finditer(text)}
 
 
-def install(state_dir: str, files: Mapping[str, str], *, keep: Iterable[str] = ()) -> None:
+def install(state_dir: str, files: Mapping[str, bytes], *, keep: Iterable[str] = ()) -> None:
     """Write `files` (relative path -> content) into the state directory, each 0600, then remove the launch files
     neither `files` nor `keep` (base names) name."""
     directory = os.path.join(state_dir, LAUNCH_DIR)

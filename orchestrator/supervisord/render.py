@@ -43,10 +43,14 @@ def _with_hash(program: str) -> tuple[str, str]:
     return _PENDING_RE.sub(lambda m: f"{CONFIG_MARKER}={m.group(1)}{digest}", program, count=1), digest
 
 
+LAUNCHER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
+
+
 def launch_argv(python: str, state_dir: str, launch: launching.Launch) -> list[str]:
-    """The command supervisord runs for an agent: the launcher (host.launcher), reading its launch file. The
-    launcher applies `resources` and `sandbox` and execs the agent's command in place, keeping its PID."""
-    return [python, "-m", "orchestrator.launch", os.path.join(state_dir, launch.path)]
+    """The command supervisord runs for an agent: the launcher (host.launcher, through its stable entry point
+    orchestrator/launch.py, isolated from site-packages: see there), reading its launch file. The launcher
+    applies `resources` and `sandbox` and execs the agent's command in place, keeping its PID."""
+    return [python, "-I", "-S", LAUNCHER, os.path.join(state_dir, launch.path)]
 
 
 def template_dir() -> Path:
@@ -114,7 +118,7 @@ class Rendering:
     launches: Mapping[str, launching.Launch] = field(default_factory=dict)
 
     @property
-    def launch_files(self) -> dict[str, str]:
+    def launch_files(self) -> dict[str, bytes]:
         """The files the launches are, relative to the state directory: each launch file and controls file."""
         return {rel: text for launch in self.launches.values()
                 for rel, text in ((launch.path, launch.content), (launch.controls_path, launch.controls))}

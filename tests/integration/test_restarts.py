@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -182,13 +183,22 @@ def test_a_limit_reported_to_the_keeper_restarts_the_agent_through_its_policy_or
         assert row()["state"] == "RUNNING"
 
 
+def _staying_up(project, name: str) -> int:
+    """The pid of crasher `name` once it has seen its flag and stays up (it execs `sleep`): `up` may return before
+    its script has looked, with min_uptime 0s, and then it would exit on its own once the flag is gone."""
+    pid = project.pids()[name]
+    wait_until(lambda: b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes(), 15, message=f"{name} to stay up")
+    return pid
+
+
 def test_a_manual_policy_agent_that_exits_raises_an_alert_that_resolves_once_it_is_started_again(project):
     flag = project.root / "stay-up"
     flag.touch()
     crasher(project, "batch", restart="{policy: manual}", extra="min_uptime: 0s\n", flag=flag)
     project.run("up", check=True)
+    pid = _staying_up(project, "batch")
     flag.unlink()
-    os.kill(project.pids()["batch"], signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
 
     def firing() -> list[dict]:
         return json.loads(project.run("alerts", "--output", "json").stdout)["active"]
@@ -219,8 +229,9 @@ def test_a_manual_policy_agents_exit_alert_and_its_resolution_reach_the_notifica
     """)
     crasher(project, "batch", restart="{policy: manual}", extra="min_uptime: 0s\n", flag=flag)
     project.run("up", check=True)
+    pid = _staying_up(project, "batch")
     flag.unlink()
-    os.kill(project.pids()["batch"], signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
 
     wait_until(lambda: webhook.received("/desk"), 15, message="the exit alert at the webhook")
     firing = webhook.received("/desk")[0]

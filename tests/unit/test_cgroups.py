@@ -8,7 +8,6 @@ A test whose control this host lacks is skipped with the reason `controls` gives
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -30,12 +29,12 @@ DEADLINE = 30.0   # seconds: generous, the CI machine is slower and busier
 
 # the launcher's part: place this very process, then become the agent's command
 STAND_IN = """
-import dataclasses, json, os, sys
+import json, os, sys
 from orchestrator.host import cgroups
 mode, scope, agent, process, limits = sys.argv[1:6]
 layout = cgroups.detect()
 if mode == 'v1':
-    layout = dataclasses.replace(layout, v2=None)
+    layout = layout.replace(v2=None)
 cgroups.place(layout, scope, agent, process, cgroups.Limits(**json.loads(limits)), os.getpid())
 os.execvp(sys.argv[6], sys.argv[6:])
 """
@@ -71,7 +70,7 @@ class Host:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.layout = dataclasses.replace(LAYOUT, v2=None) if mode == "v1" else LAYOUT
+        self.layout = LAYOUT.replace(v2=None) if mode == "v1" else LAYOUT
         self.scope = f"test{os.getpid()}{uuid.uuid4().hex[:6]}"
         self.started: list[subprocess.Popen[str]] = []
         self.agents: set[str] = set()
@@ -80,7 +79,7 @@ class Host:
         """Start `python -c program args` placed in its cgroups, and wait for its first line ("ready")."""
         self.agents.add(agent)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        limits_json = json.dumps({k: v for k, v in vars(limits).items() if v is not None})
+        limits_json = json.dumps({k: v for k in limits.__slots__ if (v := getattr(limits, k)) is not None})
         child = subprocess.Popen([sys.executable, "-c", STAND_IN, self.mode, self.scope, agent, process, limits_json,
                                   sys.executable, "-c", program, *args],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

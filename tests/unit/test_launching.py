@@ -28,7 +28,7 @@ def test_a_secret_reaches_the_launch_file_alone_and_its_change_changes_the_file_
     loaded = _load(manifests, tmp_path / "state")
     first = render.render(loaded)
     launch = first.launches["a"]
-    assert json.loads(launch.content)["env"] == {"PLAIN": "x", "TOKEN": SECRET}
+    assert launching.decode(launch.content)["env"] == {"PLAIN": "x", "TOKEN": SECRET}
     assert all(SECRET not in text for text in first.files.values())
     assert SECRET not in launch.path and SECRET not in json.dumps(loaded.agent("a").secrets["TOKEN"].__dict__)
     key = tmp_path / "state" / "launch" / "key"
@@ -87,7 +87,7 @@ def test_live_controls_are_kept_beside_the_launch_file_so_changing_them_changes_
     (manifests / "agents" / "a.yaml").write_text(base.replace("nice: 1, memory_max: 64MB", "nice: 7, memory_max: 128MB"))
     after = render.render(_load(manifests, tmp_path / "state"))
     assert after.program("a") == before.program("a")
-    assert json.loads(after.launches["a"].controls) == {"nice": 7, "memory_max": 128_000_000}
+    assert launching.decode(after.launches["a"].controls) == {"memory_max": 128_000_000, "nice": 7}
     (manifests / "agents" / "a.yaml").write_text(base.replace("open_files: 100", "open_files: 200"))
     assert render.render(_load(manifests, tmp_path / "state")).program("a") != before.program("a")
 

@@ -8,7 +8,6 @@ and review the diff like code.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -23,7 +22,7 @@ from supervisor.options import ServerOptions
 
 from orchestrator.core.names import is_internal
 from orchestrator.state.files import write_tree
-from orchestrator.supervisord import render
+from orchestrator.supervisord import launching, render
 from orchestrator.interfaces.cli import cli
 from orchestrator.core.errors import ManifestError
 from orchestrator.config.manifest import LoadOptions, load
@@ -46,8 +45,9 @@ def _load(name: str, state_dir: str = STATE):
 def _normalized(text: str, manifests: Path) -> str:
     """Machine-specific paths (and the configuration hash, computed over them) replaced by placeholders,
     so the golden files hold on any machine."""
+    text = text.replace(render.LAUNCHER, "@LAUNCHER@")
     text = text.replace(sys.executable, "@PYTHON@").replace(str(manifests.parent), "@PROJECT@")
-    text = re.sub(r"(/launch/[a-z0-9-]+)-[0-9a-f]{16}\.json", r"\1-@DIGEST@.json", text)
+    text = re.sub(r"(/launch/[a-z0-9-]+)-[0-9a-f]{16}\.launch", r"\1-@DIGEST@.launch", text)
     return re.sub(render.CONFIG_MARKER + r'=(["\']?)[0-9a-f]{16}', render.CONFIG_MARKER + r"=\1@CONFIG@", text)
 
 
@@ -89,8 +89,8 @@ def test_supervisord_reads_back_every_command_and_environment_exactly(name, tmp_
         for process in processes:
             launch = rendering.launches[agent.name]
             assert shlex.split(process.command) == render.launch_argv(sys.executable, manifests.state_dir, launch)
-            assert json.loads(launch.content)["argv"] == list(agent.command)
-            assert json.loads(launch.content)["env"] == dict(agent.env)
+            assert launching.decode(launch.content)["argv"] == list(agent.command)
+            assert launching.decode(launch.content)["env"] == dict(agent.env)
             # the agent's own environment is in its launch file; supervisord carries the markers alone
             assert process.environment == {render.MARKER: manifests.state_dir,
                                            render.CONFIG_MARKER: rendering.hashes[agent.name]}
@@ -124,9 +124,9 @@ def test_a_socket_path_too_long_for_unix_sockets_is_a_manifest_error(manifest_se
 def test_resources_and_the_environment_reach_the_launcher_in_its_launch_file_and_live_controls_beside_it():
     rendering = render.render(_load("default"))
     portfolio = rendering.launches["portfolio-tracker"]
-    assert json.loads(portfolio.controls) == {"nice": 5}   # live: not in the launch file, so a change is no restart
-    assert "nice" not in json.loads(portfolio.content)
-    market = json.loads(rendering.launches["market-data"].content)
+    assert launching.decode(portfolio.controls) == {"nice": 5}   # live: not in the launch file: a change is no restart
+    assert "nice" not in launching.decode(portfolio.content)
+    market = launching.decode(rendering.launches["market-data"].content)
     assert market["open_files"] == 1024 and market["umask"] == "022"
     assert rendering.program("market-data").count(rendering.launches["market-data"].path) == 1
 

@@ -26,7 +26,7 @@ from orchestrator.host import cgroups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:   # the launcher imports this module at every agent start (see host.cgroups)
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
 _LIMITS = {"Max open files": "open_files", "Max core file size": "core_dumps", "Max processes": "process_limit"}
@@ -106,14 +106,24 @@ def _identity(pid: int) -> dict[str, Any]:
                 uid = int(line.split()[1])
             elif line.startswith("Gid:"):
                 gid = int(line.split()[1])
-    user = group = None
-    if uid is not None:
-        with contextlib.suppress(KeyError):
-            user = pwd.getpwuid(uid).pw_name
-    if gid is not None:
-        with contextlib.suppress(KeyError):
-            group = grp.getgrgid(gid).gr_name
-    return {"user": user if user is not None else uid, "group": group if group is not None else gid}
+    return {"user": _named(uid, _USERS, lambda n: pwd.getpwuid(n).pw_name),
+            "group": _named(gid, _GROUPS, lambda n: grp.getgrgid(n).gr_name)}
+
+
+_USERS: dict[int, str | int] = {}    # uid -> name: a lookup reads /etc/passwd, and status reads 500 processes
+_GROUPS: dict[int, str | int] = {}
+
+
+def _named(number: int | None, kept: dict[int, str | int], lookup: Callable[[int], str]) -> str | int | None:
+    """The name of a uid or gid (the number itself when it has none)."""
+    if number is None:
+        return None
+    if number not in kept:
+        try:
+            kept[number] = lookup(number)
+        except KeyError:
+            kept[number] = number
+    return kept[number]
 
 
 def _own_namespace(pid: int, kind: str) -> bool | None:

@@ -116,9 +116,17 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
         checked[group] = (key, at, result)
         return result
 
+    layout = cgroups.detect() if scope is not None else None
+    running = [(g, p) for g in wanted for p in by_group.get(g, []) if p.pid and p.state in UP_STATES]
+
+    def in_force(item: tuple[str, ProcessInfo]) -> tuple[int, dict[str, object]]:
+        group, process = item
+        return process.pid, controls.read(process.pid, scope=scope, agent=group, process=process.name, layout=layout)
+
     with ThreadPoolExecutor(max_workers=16) as pool:
         checks = dict(zip(wanted, pool.map(check, wanted), strict=True))
-    layout = cgroups.detect() if scope is not None else None
+        # a dozen small reads a process (/proc and its cgroup), side by side: their system calls wait in parallel
+        read_back = dict(pool.map(in_force, running, chunksize=32)) if layout is not None else {}
     rows = []
     now = time.time() if now is None else now
     for group in wanted:
@@ -145,11 +153,9 @@ def collect(client: Client, agents: Mapping[str, Agent], names: list[str] | None
                                        memory_mb=None if rss is None else rss / MIB, uptime=process.uptime if up else None,
                                        liveness_failures=1 if health.startswith("failing") else 0)
             points, penalties = _health(agent, history, figures_now, opened)
-            in_force = None
-            if layout is not None and process.pid and up:
-                in_force = controls.read(process.pid, scope=scope, agent=group, process=process.name, layout=layout)
             rows.append(Row(name, group, state, process.pid or None, process.uptime, cpu_percent=cpu, memory_rss_bytes=rss,
-                            health=health, ready=ready and up, score=points, penalties=penalties, controls=in_force,
+                            health=health, ready=ready and up, score=points, penalties=penalties,
+                            controls=read_back.get(process.pid) if up else None,
                             **policy))  # type: ignore[arg-type]
     return rows
 

@@ -729,13 +729,16 @@ def _signal(pids: set[int], directory: str) -> None:
 def read(layout: Layout, scope: str, agent: str, process: str) -> Readback | None:
     """What is in force for one process's cgroup, read back from the kernel's files; None when it has none."""
     rel = path_of(scope, agent, process)
-    found = _existing(layout, rel)
+    # where `place` puts a process (status reads every process's: the hierarchies it does not use are not looked in)
+    used = _used_of(layout)
+    found = {name: h.dir(rel) for name, h in used.items() if os.path.isdir(h.dir(rel))}
     if not found:
         return None
     values: dict[str, int | float | None] = {}
     sources: dict[str, str] = {}
     for name, directory in found.items():   # the tracking hierarchy first; a figure is taken where first found
-        for key, value in (_read_v2(directory) if name == V2 else _read_v1(directory)).items():
+        got = _read_v2(directory) if name == V2 else _read_v1(directory, used[name].controllers)
+        for key, value in got.items():
             if key not in sources:
                 values[key], sources[key] = value, name
     if "pids_current" not in sources:   # no pids controller: count the tracking hierarchy's members
@@ -785,16 +788,27 @@ def _read_v2(d: str) -> dict[str, int | float | None]:
     return got
 
 
-def _read_v1(d: str) -> dict[str, int | float | None]:
+_USED: dict[int, tuple[Layout, dict[str, Hierarchy]]] = {}   # id(layout) -> (it, _used(it)): one look per layout
+
+
+def _used_of(layout: Layout) -> dict[str, Hierarchy]:
+    kept = _USED.get(id(layout))
+    if kept is None or kept[0] is not layout:
+        kept = _USED[id(layout)] = (layout, _used(layout))
+    return kept[1]
+
+
+def _read_v1(d: str, controllers: frozenset[str]) -> dict[str, int | float | None]:
+    """A v1 cgroup's figures, by what its hierarchy's controllers are (no file is looked for first)."""
     got: dict[str, int | float | None] = {}
-    if os.path.exists(f"{d}/memory.limit_in_bytes"):
+    if "memory" in controllers:
         got["memory_max"] = _limit(_read(f"{d}/memory.limit_in_bytes"))
         got["memory_current"] = int(_read(f"{d}/memory.usage_in_bytes"))
         got["oom_kills"] = _field(_read(f"{d}/memory.oom_control"), "oom_kill")
-    if os.path.exists(f"{d}/cpu.cfs_quota_us"):
+    if "cpu" in controllers:
         quota = int(_read(f"{d}/cpu.cfs_quota_us"))
         got["cpu_max"] = None if quota < 0 else quota / int(_read(f"{d}/cpu.cfs_period_us"))
-    if os.path.exists(f"{d}/pids.max"):
+    if "pids" in controllers:
         got["max_processes"] = _limit(_read(f"{d}/pids.max"))
         got["pids_current"] = int(_read(f"{d}/pids.current"))
     return got

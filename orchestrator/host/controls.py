@@ -98,16 +98,13 @@ def _proc_limits(pid: int) -> dict[str, Any]:
 
 
 def _identity(pid: int) -> dict[str, Any]:
-    import contextlib   # noqa: PLC0415 - the reading side only: not loaded by the launcher
-    uid = gid = None
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("Uid:"):
-                uid = int(line.split()[1])
-            elif line.startswith("Gid:"):
-                gid = int(line.split()[1])
-    return {"user": _named(uid, _USERS, lambda n: pwd.getpwuid(n).pw_name),
-            "group": _named(gid, _GROUPS, lambda n: grp.getgrgid(n).gr_name)}
+    """Its user and group: the owner of /proc/PID is the process's effective uid and gid (one stat, no read)."""
+    try:
+        info = os.stat(f"/proc/{pid}")
+    except OSError:
+        return {}
+    return {"user": _named(info.st_uid, _USERS, lambda n: pwd.getpwuid(n).pw_name),
+            "group": _named(info.st_gid, _GROUPS, lambda n: grp.getgrgid(n).gr_name)}
 
 
 _USERS: dict[int, str | int] = {}    # uid -> name: a lookup reads /etc/passwd, and status reads 500 processes
@@ -126,11 +123,16 @@ def _named(number: int | None, kept: dict[int, str | int], lookup: Callable[[int
     return kept[number]
 
 
+_OURS: dict[str, str] = {}   # kind -> the reader's own namespace (read once)
+
+
 def _own_namespace(pid: int, kind: str) -> bool | None:
     """Whether the process has a namespace of `kind` other than the reader's (status and the exporter run in the
     host's; init's may not be readable, in a container); None: not readable."""
     try:
-        return os.readlink(f"/proc/{pid}/ns/{kind}") != os.readlink(f"/proc/self/ns/{kind}")
+        if kind not in _OURS:
+            _OURS[kind] = os.readlink(f"/proc/self/ns/{kind}")
+        return os.readlink(f"/proc/{pid}/ns/{kind}") != _OURS[kind]
     except OSError:
         return None
 
@@ -140,9 +142,9 @@ def read(pid: int, *, scope: str | None = None, agent: str | None = None, proces
     """What is in force on process `pid` (and its cgroup, given `scope`, `agent` and `process`), from the kernel.
     Empty when the process is gone."""
     import contextlib   # noqa: PLC0415 - the reading side only: not loaded by the launcher
-    if not os.path.exists(f"/proc/{pid}"):
+    found: dict[str, Any] = _identity(pid)
+    if not found:   # gone
         return {}
-    found: dict[str, Any] = {}
     with contextlib.suppress(OSError):
         found["nice"] = os.getpriority(os.PRIO_PROCESS, pid)
     with contextlib.suppress(OSError):
@@ -150,7 +152,6 @@ def read(pid: int, *, scope: str | None = None, agent: str | None = None, proces
     found.update(_proc_limits(pid))
     with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/oom_score_adj", encoding="ascii") as handle:
         found["oom_score_adj"] = int(handle.read().strip())
-    found.update(_identity(pid))
     found["own_network"] = _own_namespace(pid, "net")
     found["own_mounts"] = _own_namespace(pid, "mnt")
     if scope and agent and process:

@@ -40,6 +40,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common  # noqa: E402
 from bench.common import check, cpu, listener_of, stop_everything, terminate_as_interrupt  # noqa: E402
+from orchestrator.host import cgroups  # noqa: E402
+from orchestrator.supervisord import launching, render  # noqa: E402
 
 AGENTS, KILLS, QUIET, POLL_EVERY, FILE_POLL, TIMEOUT, IDLE_CPU, GOAL = 200, 15, 1.5, 0.010, 0.002, 5.0, 10.0, 0.025
 BUSY = 0.10  # share of a core under which the listener counts as quiet
@@ -334,6 +337,9 @@ def main() -> None:
               f"polled at {'; '.join(poll_rate)}")
     print(f"  for scale: orchestrator up {up:.2f} s; baseline supervisord start to all RUNNING {base_up:.2f} s; "
           f"orchestrator's listener quiet (under {BUSY:.0%} of a core) {settle:.1f} s after up returned")
+    print(f"  for scale: the launcher's own part of a restart (an interpreter, the cgroup made anew, the limits, the exec; "
+          f"/bin/true launched {KILLS} times): median {ms(launcher_start())} ms, against {ms(launcher_start(bare=True))} ms "
+          f"for /bin/true alone")
     for side in (ours, base):
         for problem in side.timeouts:
             print(f"  {side.label}: NO RESTART within {TIMEOUT:g} s: {problem}")
@@ -342,6 +348,32 @@ def main() -> None:
         failed |= bool(side.timeouts or side.mismatches)
     if failed:
         sys.exit(1)
+
+
+def launcher_start(*, bare: bool = False) -> float:
+    """Median seconds from spawning an agent's command through the launcher (with a cgroup and limits, as every
+    agent has) to its exit, for /bin/true; `bare`: /bin/true spawned by itself."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-launcher-"))
+    scope = f"bench{os.getpid()}"
+    spec = tmp / "true.launch"
+    controls = tmp / "true.controls"
+    controls.write_bytes(launching.encode({"memory_max": 256 * 10 ** 6, "nice": 1}))
+    spec.write_bytes(launching.encode({"agent": "true", "argv": ["/bin/true"], "env": {"A": "b"}, "umask": "022",
+                                       "scope": scope, "controls": str(controls), "open_files": 1024,
+                                       "pdeathsig": shutil.which("setpriv")}))
+    command = ["/bin/true"] if bare else [sys.executable, "-I", "-S", render.LAUNCHER, str(spec)]
+    runs = []
+    try:
+        for _ in range(KILLS):
+            started = time.perf_counter()
+            subprocess.run(command, check=True)
+            runs.append(time.perf_counter() - started)
+    finally:
+        layout = cgroups.detect()
+        cgroups.kill(layout, scope, "true")
+        cgroups.remove(layout, scope)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:
             ended = orphans.sweep(state_dir, say=_noting(emit))
             emit(Note("supervisord is not running" + (f"; ended {len(ended)} orphaned process(es)" if ended else "")))
             _left_behind(state_dir)
+            _remove_cgroups(state_dir)
             return []
         _stand_down(state_dir, client)
         current = history.current()
@@ -159,9 +160,14 @@ def down(state_dir: str, *, emit: Emit = ignore) -> list[str]:
         if ended:
             emit(Note(f"ended {len(ended)} process(es) that outlived supervisord"))
         _left_behind(state_dir)
-        with contextlib.suppress(cgroups.CgroupError, OSError):   # the agents' cgroups, empty now: none left behind
-            cgroups.remove(cgroups.detect(), launching.scope(state_dir))
+        _remove_cgroups(state_dir)
         return names
+
+
+def _remove_cgroups(state_dir: str) -> None:
+    """The agents' cgroups, empty once everything is down: none left behind (one still holding a process stays)."""
+    with contextlib.suppress(cgroups.CgroupError, OSError):
+        cgroups.remove(cgroups.detect(), launching.scope(state_dir))
 
 
 def _stand_down(state_dir: str, client: Client) -> None:

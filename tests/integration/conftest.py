@@ -35,8 +35,8 @@ from typing import Any
 import psutil
 import pytest
 
-from orchestrator.host import orphans
-from orchestrator.supervisord import render
+from orchestrator.host import cgroups, orphans
+from orchestrator.supervisord import launching, render
 
 TOY = Path(__file__).resolve().parent / "toy.py"
 ORCHESTRATOR = str(Path(sys.executable).parent / "orchestrator")
@@ -194,7 +194,8 @@ class Project:
     def teardown(self) -> None:
         """Stop everything the test started, even where a failed test left it: `down`, then, for every state
         directory under this test's root that running processes are marked with (a test may move it),
-        its supervisord killed by the pid in its pid file and every marked process ended."""
+        its supervisord killed by the pid in its pid file, every marked process ended, and whatever is still in its
+        agents' cgroups killed, the cgroups removed."""
         self.run("down", "--yes", timeout=120)
         states = {str(self.state)} | {state for state in _marked_states() if state.startswith(str(self.root) + os.sep)}
         for state in sorted(states):
@@ -203,6 +204,10 @@ class Project:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             orphans.sweep(state)
+            layout, scope = cgroups.detect(), launching.scope(state)   # and whatever is left in its agents' cgroups
+            for agent in cgroups.agents(layout, scope):
+                cgroups.kill(layout, scope, agent)
+            cgroups.remove(layout, scope)
 
 
 def _pid_in(pidfile: Path) -> int | None:

@@ -622,20 +622,6 @@ def agents(layout: Layout, scope: str) -> set[str]:
     return found
 
 
-def scope_of(pid: int) -> str | None:
-    """The scope of the cgroup process `pid` is in (None: none of ours, or the process is gone)."""
-    try:
-        lines = _read(f"/proc/{pid}/cgroup").splitlines()
-    except OSError:
-        return None
-    prefix = f"{SCOPE_PREFIX}-"
-    for line in lines:
-        for part in line.split(":", 2)[-1].split("/"):
-            if part.startswith(prefix):
-                return part[len(prefix):]
-    return None
-
-
 def kill(layout: Layout, scope: str, agent: str, *, process: str | None = None, timeout: float = 5.0) -> set[int]:
     """SIGKILL every process in the agent's (or one process's) cgroups and wait until they are gone or are
     zombies, for at most `timeout` seconds; the pids that were killed (a process that outlived the timeout, in

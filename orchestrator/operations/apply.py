@@ -226,7 +226,8 @@ def converge(manifests: ManifestSet, client: Client, history: History, *, shown:
     _, stop_again = drift.put_back_records(manifests.state_dir, result.drift,
                                            latched=runtime.load_global(manifests.state_dir).latch is not None)
     if stop_again:
-        report.stop_failures.update(stop_in_order(client, stop_again, {}, emit=emit))
+        report.stop_failures.update(stop_in_order(client, stop_again, {}, emit=emit,
+                                                  state_dir=manifests.state_dir))
     drift.keep_held(manifests.state_dir, client, keep=set(report.stop_failures))
     to_start = set(result.names("add", "replace", "start")) - set(report.stop_failures)
     agents = {a.name: a for a in manifests.agents}

@@ -37,16 +37,14 @@ LEFTOVER_GRACE = 3.0    # between SIGTERM and SIGKILL for what an agent left beh
 
 
 def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str, Iterable[str]],
-                  *, emit: Emit = ignore, state_dir: str | None = None) -> dict[str, str]:
+                  *, state_dir: str, emit: Emit = ignore) -> dict[str, str]:
     """Stop `names` dependents first, each dependency level in parallel; the ones that failed to stop, with why.
-    `state_dir`: the agents' state directory, so an agent with no process running still has its cgroups
-    emptied (its running processes say their cgroups), and a stopped agent's private /tmp is removed."""
+    `state_dir`: the agents' state directory, whose cgroups (supervisord.launching's scope) each stopped agent's
+    are emptied in, and where a stopped agent's private /tmp is removed."""
     chosen = set(names)
     waves = Graph.of_edges({n: depends_on.get(n, ()) for n in chosen}).waves
     failures: dict[str, str] = {}
-    trees, scopes = _trees(client, chosen)
-    if state_dir is not None:
-        scopes = {**dict.fromkeys(chosen, launching.scope(state_dir)), **scopes}
+    trees = _trees(client, chosen)
     for wave in reversed(waves):
         stopping: dict[str, list[str]] = {}
         for name in wave:
@@ -57,6 +55,7 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
                 failures[name] = str(exc)
                 emit(StopEvent(name, f"failed to stop: {exc}"))
         failures.update(wait_stopped(client, stopping, emit=emit))
+    stopped = sorted(chosen - set(failures))
     # what every stopped agent left behind, ended at once (one grace for all, not one per agent)
     left = {name: tree for name, tree in trees.items() if name not in failures}
     ended = set(processes.end([p for tree in left.values() for p in tree], grace=LEFTOVER_GRACE))
@@ -67,44 +66,34 @@ def stop_in_order(client: Client, names: Iterable[str], depends_on: Mapping[str,
                                  f"(pid {', '.join(map(str, mine))})"))
     # and what no tree shows any more (a grandchild whose parent ended, re-parented): whatever is still in a
     # stopped agent's cgroups is killed, and said
-    for name, scope in sorted(scopes.items()):
-        if name in failures:
-            continue
-        killed = end_cgroup(scope, name)
-        if killed:
-            emit(StopEvent(name, f"killed {len(killed)} process(es) left in its cgroup (pid {', '.join(map(str, sorted(killed)))})"))
-    if state_dir is not None:   # sandbox.private_tmp: removed once the agent is stopped (its next start makes it anew)
-        for name in chosen - set(failures):
-            shutil.rmtree(os.path.join(state_dir, TMP_DIR, name), ignore_errors=True)
+    if stopped:
+        layout, scope = cgroups.detect(), launching.scope(state_dir)
+        for name in stopped:
+            try:
+                killed = cgroups.kill(layout, scope, name)
+            except cgroups.CgroupError:
+                continue
+            if killed:
+                emit(StopEvent(name, f"killed {len(killed)} process(es) left in its cgroup "
+                                     f"(pid {', '.join(map(str, sorted(killed)))})"))
+    for name in stopped:   # sandbox.private_tmp: removed once the agent is stopped (its next start makes it anew)
+        shutil.rmtree(os.path.join(state_dir, TMP_DIR, name), ignore_errors=True)
     return failures
 
 
-def end_cgroup(scope: str, agent: str) -> set[int]:
-    """Kill what is left in the cgroups of a stopped agent (none without cgroups); the pids killed."""
-    try:
-        return cgroups.kill(cgroups.detect(), scope, agent)
-    except cgroups.CgroupError:
-        return set()
-
-
-def _trees(client: Client, names: set[str]) -> tuple[dict[str, list[processes.Process]], dict[str, str]]:
+def _trees(client: Client, names: set[str]) -> dict[str, list[processes.Process]]:
     """The descendants of each agent's processes, before they are stopped: whatever of them outlives the
-    stop (a child that called setsid escapes supervisord's group signals) is ended afterwards; and the
-    cgroup scope each agent's processes are in (host.cgroups), whose cgroups are emptied afterwards."""
+    stop (a child that called setsid escapes supervisord's group signals) is ended afterwards."""
     if not names:
-        return {}, {}
+        return {}
     roots: dict[str, list[int]] = {}
-    scopes: dict[str, str] = {}
     try:
         for info in client.processes():
             if info.group in names and info.pid:
                 roots.setdefault(info.group, []).append(info.pid)
-                scope = cgroups.scope_of(info.pid)
-                if scope is not None:
-                    scopes[info.group] = scope
     except SupervisorError:
-        return {}, {}
-    return {name: tree for name, tree in processes.descendants(roots).items() if tree}, scopes
+        return {}
+    return {name: tree for name, tree in processes.descendants(roots).items() if tree}
 
 
 def wait_stopped(client: Client, processes: Mapping[str, Iterable[str]], *, timeout: float = STOP_TIMEOUT,
